@@ -1,0 +1,1 @@
+"""The shared face pipeline: image -> faces -> aligned crops -> embeddings -> distances."""

@@ -1,0 +1,36 @@
+"""Exceptions raised by facenet_platform.
+
+Every error a user can cause derives from :class:`FaceNetPlatformError`; input errors are also
+``ValueError`` subclasses so that callers who only know the standard library still catch them.
+The CLI prints ``str(error)`` as one line and exits non-zero; the Serve app maps them to HTTP codes.
+"""
+
+from __future__ import annotations
+
+
+class FaceNetPlatformError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ImageError(FaceNetPlatformError, ValueError):
+    """An input could not be used as an image: missing, empty, truncated, corrupt or not an image."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image declares more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class NoFaceFoundError(FaceNetPlatformError, ValueError):
+    """A call that needs a face found none in an image."""
+
+
+class WeightsError(FaceNetPlatformError):
+    """Pretrained weights are missing, corrupt, or do not match the model."""
+
+
+class ConfigError(FaceNetPlatformError, ValueError):
+    """A configuration value or file is invalid."""
+
+
+class DatasetError(FaceNetPlatformError, ValueError):
+    """A dataset (e.g. LFW) or a protocol file is missing or malformed."""
