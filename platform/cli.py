@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "facenet_platform.core.commands",
     "facenet_platform.index.commands",
     "facenet_platform.train.commands",
+    "facenet_platform.serve.commands",
 )
 
 

@@ -304,7 +304,8 @@ def prewhiten(crops: np.ndarray) -> np.ndarray:
     std = batch.std(axis=axes, keepdims=True, dtype=np.float64)
     per_image = int(np.prod(batch.shape[1:]))
     std_adj = np.maximum(std, 1.0 / np.sqrt(per_image))
-    out = ((batch - mean) / std_adj).astype(np.float32)
+    # Statistics in float64, arithmetic in float32: no float64 copy of the whole batch.
+    out = (batch - mean.astype(np.float32)) * (1.0 / std_adj).astype(np.float32)
     return out[0] if single else out
 
 

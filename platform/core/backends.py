@@ -6,11 +6,12 @@ prewhitened crops (``B <= batch_size``) to ``(B, D) float32`` embeddings:
 =============  ==================================================================================
 name           how it runs
 =============  ==================================================================================
-keras-fp32     the Keras model in a ``tf.function`` (XLA optional), every call padded to
-               ``batch_size`` so that it is traced once. The reference.
-keras-bf16     a clone of the model with the ``mixed_bfloat16`` dtype policy (bf16 compute on
-               oneDNN's AVX512_BF16 kernels, fp32 weights), same weights; the last batch norm and
-               the L2 normalisation stay in fp32. Embedding agreement: cosine >= 0.9999.
+keras-fp32     the Keras model in a ``tf.function`` (XLA optional, off by default), every call
+               padded to ``batch_size`` so that it is traced once. The reference.
+keras-bf16     a clone of the model under the ``bfloat16`` dtype policy (bf16 weights and compute
+               on oneDNN's AVX512_BF16 kernels), same weights; the last batch norm and the L2
+               normalisation stay in fp32. No XLA by default (XLA's CPU bf16 convolutions are
+               about 2x slower than oneDNN's). Embedding agreement: cosine >= 0.9999.
 onnx-fp32      ONNX Runtime on an ONNX graph exported from the same weights
                (:mod:`~facenet_platform.core.onnx_export`). Agreement: max abs ~1e-7.
 onnx-int8      ONNX Runtime on that graph statically quantized to int8 (QDQ, per-channel int8
@@ -59,15 +60,20 @@ class RunnerOptions:
     """Settings a backend may use; each backend ignores those that do not apply to it.
 
     Attributes:
-        jit_compile: Keras backends: compile the forward pass with XLA.
+        jit_compile: Keras backends: compile the forward pass with XLA (None: the backend's
+            default, see :data:`KERAS_JIT_DEFAULT`).
         threads: ONNX Runtime intra-op threads (None: one per physical core).
+        ort_spinning: let ONNX Runtime's idle worker threads spin. Off by default: on a machine
+            shared with other processes (Ray workers, other services) spinning burns about half
+            the CPU time for nothing and halved throughput at batch 1 in our measurements.
         model_id: name of the cache subdirectory for ONNX files (default: the model's name).
         calibration: onnx-int8: ``(N, S, S, 3) float32`` prewhitened crops of real aligned faces
             (a few hundred) to calibrate activation ranges on.
     """
 
-    jit_compile: bool = True
+    jit_compile: bool | None = None
     threads: int | None = None
+    ort_spinning: bool = False
     model_id: str | None = None
     calibration: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -98,8 +104,18 @@ class KerasRunner:
         return np.asarray(self._forward(x), dtype=np.float32)[:n]
 
 
+# Whether XLA is used when RunnerOptions.jit_compile is None. Measured on a 2-core AVX-512 EPYC
+# (TF 2.21): without XLA, TF's oneDNN kernels did ~17% more images per CPU second at batch 8-32
+# in fp32 (XLA only won at batch 1) and ~2x more in bf16; they also compile in half the time.
+KERAS_JIT_DEFAULT = {"keras-fp32": False, "keras-bf16": False}
+
+
+def _jit(backend: str, options: RunnerOptions) -> bool:
+    return KERAS_JIT_DEFAULT[backend] if options.jit_compile is None else options.jit_compile
+
+
 def _keras_fp32(model, batch_size: int, options: RunnerOptions) -> KerasRunner:
-    return KerasRunner(model, batch_size, jit_compile=options.jit_compile)
+    return KerasRunner(model, batch_size, jit_compile=_jit("keras-fp32", options))
 
 
 # Layers kept in fp32 in the bf16 clone: the final normalisations, which are cheap and where
@@ -107,14 +123,18 @@ def _keras_fp32(model, batch_size: int, options: RunnerOptions) -> KerasRunner:
 _FP32_LAYERS = ("InputLayer", "BatchNormalization", "L2Normalize")
 
 
-def bf16_clone(model):
-    """A copy of ``model`` whose layers compute in bfloat16 (``mixed_bfloat16``), same weights."""
+def bf16_clone(model, policy: str = "bfloat16"):
+    """A copy of ``model`` whose layers compute in bfloat16, with the same weights.
+
+    ``policy="bfloat16"`` stores the weights in bf16 too (no per-call cast of ~28M weights;
+    same numerics as ``"mixed_bfloat16"``, which casts fp32 weights to bf16 on every call).
+    """
     import keras
 
     def clone_layer(layer):
         config = layer.get_config()
         if type(layer).__name__ not in _FP32_LAYERS:
-            config["dtype"] = "mixed_bfloat16"
+            config["dtype"] = policy
         return layer.__class__.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=clone_layer)
@@ -123,17 +143,25 @@ def bf16_clone(model):
 
 
 def _keras_bf16(model, batch_size: int, options: RunnerOptions) -> KerasRunner:
-    return KerasRunner(bf16_clone(model), batch_size, jit_compile=options.jit_compile)
+    return KerasRunner(bf16_clone(model), batch_size, jit_compile=_jit("keras-bf16", options))
 
 
 # ----------------------------------------------------------------------------------------- ONNX
 
 
 def onnx_cache_dir(model, options: RunnerOptions) -> Path:
-    """Where the ONNX files of ``model`` are cached (beside its converted Keras weights)."""
-    from .weights import cache_dir
+    """Where the ONNX files of ``model`` are cached: ``<cache>/<model_id>/onnx/``.
 
-    return cache_dir() / (options.model_id or model.name) / "onnx"
+    ``model_id`` is ``options.model_id``, else the model's name; the pretrained model's Keras
+    name (``facenet_20180408_102900``) maps to its model id, the directory of its converted
+    weights.
+    """
+    from .weights import PRETRAINED, cache_dir
+
+    model_id = options.model_id or model.name
+    if model_id == PRETRAINED.model_id.replace("-", "_"):
+        model_id = PRETRAINED.model_id
+    return cache_dir() / model_id / "onnx"
 
 
 def ensure_onnx_fp32(model, options: RunnerOptions = RunnerOptions()) -> Path:
@@ -181,13 +209,16 @@ def ensure_onnx_int8(model, options: RunnerOptions = RunnerOptions()) -> Path:
 class OnnxRunner:
     """ONNX Runtime session over a cached ONNX file (any batch size; no padding)."""
 
-    def __init__(self, path: Path, batch_size: int, *, threads: int | None = None):
+    def __init__(self, path: Path, batch_size: int, *, threads: int | None = None,
+                 spinning: bool = False):
         import onnxruntime as ort
 
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             session_options.intra_op_num_threads = int(threads)
+        session_options.add_session_config_entry("session.intra_op.allow_spinning",
+                                                 "1" if spinning else "0")
         self.path = Path(path)
         self.batch_size = int(batch_size)
         self._session = ort.InferenceSession(str(path), session_options,
@@ -200,11 +231,13 @@ class OnnxRunner:
 
 
 def _onnx_fp32(model, batch_size: int, options: RunnerOptions) -> OnnxRunner:
-    return OnnxRunner(ensure_onnx_fp32(model, options), batch_size, threads=options.threads)
+    return OnnxRunner(ensure_onnx_fp32(model, options), batch_size, threads=options.threads,
+                      spinning=options.ort_spinning)
 
 
 def _onnx_int8(model, batch_size: int, options: RunnerOptions) -> OnnxRunner:
-    return OnnxRunner(ensure_onnx_int8(model, options), batch_size, threads=options.threads)
+    return OnnxRunner(ensure_onnx_int8(model, options), batch_size, threads=options.threads,
+                      spinning=options.ort_spinning)
 
 
 # ------------------------------------------------------------------------------------- registry

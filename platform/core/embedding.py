@@ -54,7 +54,8 @@ class FaceEmbedder:
             padded) so the compiled function is traced once.
         flip: ``"none"``; ``"mean"`` averages the embedding of each crop and of its mirror image
             and re-normalises; ``"concat"`` concatenates both (2 x D, re-normalised).
-        jit_compile: compile the forward pass with XLA (Keras backends).
+        jit_compile: compile the forward pass with XLA (Keras backends; None: the backend's
+            default).
         model_id: identifier stored with every embedding (defaults to the pretrained model's id,
             or the model's name).
         threshold: same-person distance threshold for this model (pretrained: the LFW-selected one).
@@ -72,7 +73,7 @@ class FaceEmbedder:
         *,
         batch_size: int = 32,
         flip: FlipMode = "none",
-        jit_compile: bool = True,
+        jit_compile: bool | None = None,
         model_id: str | None = None,
         threshold: float | None = None,
         backend: str = DEFAULT_BACKEND,
@@ -133,14 +134,17 @@ class FaceEmbedder:
             ``(N, D) float32`` L2-normalised embeddings; ``(0, D)`` for no crops.
         """
         crops = _check_crops(crops, self.input_size)
-        x = prewhiten(crops)
-        emb = self.embed_prewhitened(x)
-        if self.flip == "none":
-            return emb
-        mirrored = self.embed_prewhitened(np.ascontiguousarray(x[:, :, ::-1]))
-        if self.flip == "mean":
-            return l2_normalize(emb + mirrored)
-        return l2_normalize(np.concatenate([emb, mirrored], axis=1))
+        out = np.empty((len(crops), self.embedding_size), np.float32)
+        # Prewhiten one batch at a time: memory stays bounded by the batch size, whatever N is.
+        for start in range(0, len(crops), self.batch_size):
+            x = prewhiten(crops[start:start + self.batch_size])
+            emb = self._run(x)
+            if self.flip != "none":
+                mirrored = self._run(np.ascontiguousarray(x[:, :, ::-1]))
+                emb = l2_normalize(emb + mirrored if self.flip == "mean"
+                                   else np.concatenate([emb, mirrored], axis=1))
+            out[start:start + len(x)] = emb
+        return out
 
 
 def load_model(path: str | os.PathLike):

@@ -8,7 +8,8 @@ same computation as an ONNX graph with :mod:`onnx.helper`, one handler per Keras
 - ``Conv2D`` -> ``Conv`` (TF ``same`` padding as explicit pads), ``ReLU`` -> ``Relu``,
   ``Concatenate`` -> ``Concat``, ``MaxPooling2D`` -> ``MaxPool``,
   ``GlobalAveragePooling2D`` -> ``GlobalAveragePool`` + ``Flatten``, ``Dense`` -> ``Gemm``,
-  ``Dropout`` -> nothing, ``L2Normalize`` -> ``ReduceSumSquare``/``Max``/``Sqrt``/``Reciprocal``/``Mul``;
+  ``Dropout`` -> nothing,
+  ``L2Normalize`` -> ``ReduceSumSquare``/``Max``/``Sqrt``/``Reciprocal``/``Mul``;
 - per-channel affine layers (``BatchNormalization``, the ``ScaledResidual`` scale) are folded into
   the weights of the ``Conv``/``Gemm`` that produces their input when nothing else reads it, so the
   residual join is a bare ``Add`` that ONNX Runtime fuses into the convolution.
@@ -17,7 +18,8 @@ An unsupported layer raises :class:`~facenet_platform.core.errors.ConfigError` n
 
 :func:`quantize_int8` turns the fp32 ONNX model into a statically quantized one (QDQ format,
 int8 per-channel weights, uint8 activations: ONNX Runtime's u8s8 kernels use AVX-512 VNNI, while
-s8s8 activations ran several times slower here), calibrated on prewhitened crops the caller provides.
+s8s8 activations ran several times slower here), calibrated on prewhitened crops the caller
+provides.
 
 :func:`weights_fingerprint` is the sha256 of a model's architecture and weight values; the backends
 key their cached files on it (plus :data:`EXPORTER_VERSION`).
@@ -25,7 +27,9 @@ key their cached files on it (plus :data:`EXPORTER_VERSION`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -105,6 +109,7 @@ class _GraphBuilder:
         self.names: dict[int, str] = {}
         self.producers: dict[str, object] = {}  # ONNX tensor name -> NodeProto producing it
         self.readers: dict[int, int] = {}  # id(Keras tensor) -> number of layers reading it
+        self.onnx_readers: dict[str, int] = {}  # ONNX tensor name -> number of readers
         for layer in model.layers:
             for tensor in self.inputs_of(layer):
                 self.readers[id(tensor)] = self.readers.get(id(tensor), 0) + 1
@@ -120,6 +125,17 @@ class _GraphBuilder:
 
     def name_of(self, tensor) -> str:
         return self.names[id(tensor)]
+
+    def add_layer(self, layer, name: str) -> None:
+        """Record that ``layer``'s output is the ONNX tensor ``name`` and who will read it.
+
+        A layer that emits nothing (``Dropout``, a folded batch norm) returns its input's name:
+        that tensor's readers are then its own other readers plus the layer's.
+        """
+        alias = name in self.onnx_readers
+        self.names[id(layer.output)] = name
+        self.onnx_readers[name] = (self.onnx_readers.get(name, 0) - int(alias)
+                                   + self.readers.get(id(layer.output), 0))
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.initializers[name] = np.asarray(value)
@@ -141,7 +157,7 @@ class _GraphBuilder:
         name = self.name_of(tensor)
         producer = self.producers.get(name)
         if producer is None or producer.op_type not in ("Conv", "Gemm") \
-                or self.readers.get(id(tensor), 0) != 1:
+                or self.onnx_readers.get(name, 0) != 1:
             return False
         weight_name, bias_name = producer.input[1], producer.input[2]
         weight = self.initializers[weight_name].astype(np.float64)
@@ -179,7 +195,8 @@ class _GraphBuilder:
 
     def conv2d(self, layer) -> str:
         if tuple(layer.dilation_rate) != (1, 1) or getattr(layer, "groups", 1) != 1:
-            raise ConfigError(f"layer {layer.name}: dilated/grouped convolutions are not exportable")
+            raise ConfigError(f"layer {layer.name}: dilated or grouped convolutions are not "
+                              "exportable")
         kernel = np.asarray(layer.kernel)  # (kh, kw, in, out)
         bias = np.asarray(layer.bias) if layer.use_bias else np.zeros(kernel.shape[-1], np.float32)
         pads = _spatial_pads(layer, layer.input.shape, kernel.shape[:2], layer.strides)
@@ -301,7 +318,7 @@ def build_onnx_model(model):
                 f"model {model.name}: layer {layer.name} of type {type(layer).__name__} has no "
                 f"ONNX export; supported: {sorted(_HANDLERS)}. Use backend 'keras-fp32'."
             )
-        graph.names[id(layer.output)] = handler(graph, layer)
+        graph.add_layer(layer, handler(graph, layer))
     final = graph.name_of(model.outputs[0])
     if final != OUTPUT_NAME:
         read_elsewhere = any(final in node.input for node in graph.nodes)
@@ -321,8 +338,9 @@ def build_onnx_model(model):
         initializer=initializers,
     )
     proto = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="facenet_platform", producer_version=str(EXPORTER_VERSION))
-    proto.ir_version = min(proto.ir_version, 10)  # readable by onnxruntime >= 1.17
+                              producer_name="facenet_platform",
+                              producer_version=str(EXPORTER_VERSION))
+    proto.ir_version = 8  # the lowest IR for opset 17: readable by any onnxruntime >= 1.13
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -375,22 +393,26 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".onnx", dir=out_path.parent)
     os.close(fd)
+    progress = io.StringIO()  # the percentile calibrator prints its progress to stdout
     try:
-        quantize_static(
-            str(fp32_path), tmp, _CalibrationReader(calibration, batch_size),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                           "CalibPercentile": INT8_CALIBRATION_PERCENTILE},
-        )
+        with contextlib.redirect_stdout(progress):
+            quantize_static(
+                str(fp32_path), tmp, _CalibrationReader(calibration, batch_size),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                op_types_to_quantize=list(INT8_OP_TYPES),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                               "CalibPercentile": INT8_CALIBRATION_PERCENTILE},
+            )
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        logger.debug("quantization output: %s", progress.getvalue().strip())
     logger.info("quantized %s to %s with %d calibration crops", fp32_path, out_path,
                 len(calibration))
     return out_path

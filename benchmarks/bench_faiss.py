@@ -1,0 +1,200 @@
+"""FAISS index types on synthetic 512-d unit vectors: build time, queries/s, recall vs exact.
+
+Data:
+* ``clustered`` (default): identities are random unit centres, each gallery face is its
+  identity's centre plus Gaussian noise, re-normalised (about 10 faces per identity), so that
+  faces of one person lie ~0.8 apart in squared L2 and different people ~2.0 apart, as FaceNet
+  embeddings do; queries are fresh faces of random gallery identities.
+* ``uniform``: vectors uniform on the sphere (no structure: the worst case for ANN indexes).
+
+For each gallery size the exact ``IndexFlatIP`` gives the ground truth (top 10 of each query);
+each approximate type of ``platform/index/faiss_index.py`` is built with the registry's default
+parameters for that size (or ``--param``), then searched with a sweep of its search-time knob
+(efSearch / nprobe). recall@1: the approximate top hit is the exact top hit; recall@10: the share
+of the exact top 10 found in the approximate top 10. Queries/s at batch 1 (one query per call,
+a loop) and batch 256. Every index is wrapped in ``IndexIDMap2`` as the gallery uses it.
+
+    .venv/bin/python benchmarks/bench_faiss.py --sizes 10000 100000 1000000 --json benchmarks/out/faiss.json
+    .venv/bin/python benchmarks/bench_faiss.py --sizes 100000 --data uniform
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facenet_platform.index import faiss_index as fx
+
+DIM = 512
+SWEEPS = {"hnsw": ("efSearch", [16, 32, 64, 128, 256]),
+          "ivf": ("nprobe", [4, 8, 16, 32, 64, 128]),
+          "ivfpq": ("nprobe", [8, 16, 32, 64, 128])}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def synthetic(n: int, n_queries: int, kind: str, noise: float, faces_per_id: int, seed: int):
+    """``(gallery (n, D), queries (q, D))`` float32 unit rows, generated in chunks."""
+    rng = np.random.default_rng(seed)
+    xb = np.empty((n, DIM), np.float32)
+    if kind == "uniform":
+        for s in range(0, n, 65536):
+            xb[s:s + 65536] = unit(rng.standard_normal((min(65536, n - s), DIM), np.float32))
+        return xb, unit(rng.standard_normal((n_queries, DIM), np.float32))
+    n_ids = max(1, n // faces_per_id)
+    centres = unit(rng.standard_normal((n_ids, DIM), np.float32))
+    sigma = noise / np.sqrt(DIM)
+    for s in range(0, n, 65536):
+        m = min(65536, n - s)
+        ids = rng.integers(0, n_ids, m)
+        xb[s:s + m] = unit(centres[ids] + sigma * rng.standard_normal((m, DIM), np.float32))
+    qids = rng.integers(0, n_ids, n_queries)
+    xq = unit(centres[qids] + sigma * rng.standard_normal((n_queries, DIM), np.float32))
+    return xb, xq
+
+
+def qps(index, xq: np.ndarray, batch: int, k: int, budget_s: float) -> float:
+    """Queries per second searching ``xq`` in batches of ``batch`` (stops after ``budget_s``)."""
+    index.search(xq[:batch], k)  # warm-up
+    done, t0 = 0, time.perf_counter()
+    while done < len(xq):
+        index.search(xq[done:done + batch], k)
+        done += batch
+        if time.perf_counter() - t0 > budget_s:
+            break
+    return min(done, len(xq)) / (time.perf_counter() - t0)
+
+
+def recall(ann_ids: np.ndarray, gt_ids: np.ndarray, k: int) -> float:
+    if k == 1:
+        return float(np.mean(ann_ids[:, 0] == gt_ids[:, 0]))
+    hits = [len(set(a[:k]) & set(g[:k])) for a, g in zip(ann_ids, gt_ids)]
+    return float(np.mean(hits)) / k
+
+
+def bench_size(n: int, args) -> list[dict]:
+    rows: list[dict] = []
+    t = time.perf_counter()
+    xb, xq = synthetic(n, args.queries, args.data, args.noise, args.faces_per_id, args.seed)
+    ids = np.arange(n, dtype=np.int64)
+    print(f"# n={n}: data {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+
+    t = time.perf_counter()
+    exact, _ = fx.build_index("flat", xb, ids)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    gt_scores, gt_ids = exact.search(xq, 10)
+    gt_time = time.perf_counter() - t
+    d1 = fx.to_squared_l2(gt_scores[:, 0])
+    print(f"# exact: build {build:.1f} s, ground truth {gt_time:.1f} s; nearest distance "
+          f"median {np.median(d1):.3f}", file=sys.stderr, flush=True)
+    exact_q1 = qps(exact, xq, 1, 10, args.budget)
+    exact_q256 = qps(exact, xq, 256, 10, args.budget * 2)
+    rows.append({"n": n, "data": args.data, "type": "flat", "params": {}, "build_s": build,
+                 "qps_b1": exact_q1, "qps_b256": exact_q256, "recall@1": 1.0, "recall@10": 1.0,
+                 "speedup_b1": 1.0, "speedup_b256": 1.0})
+    print_row(rows[-1])
+    del exact
+    gc.collect()
+
+    for type_name in args.types:
+        kind = fx.get_index_type(type_name)
+        params = kind.params(n, dict(p.split("=", 1) for p in args.param.get(type_name, [])))
+        t = time.perf_counter()
+        try:
+            index, params = fx.build_index(type_name, xb, ids, params, train_size=args.train_size)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other types
+            print(f"# {type_name} at {n}: {exc}", file=sys.stderr)
+            continue
+        build = time.perf_counter() - t
+        print(f"# {type_name}: build {build:.1f} s {params}", file=sys.stderr, flush=True)
+        knob, values = SWEEPS[type_name]
+        for value in values:
+            if type_name.startswith("ivf") and value > params["nlist"]:
+                continue
+            search_params = {**params, knob: value}
+            fx.configure_search(index, type_name, search_params)
+            _, ann_ids = index.search(xq, 10)
+            q1 = qps(index, xq, 1, 10, args.budget)
+            q256 = qps(index, xq, 256, 10, args.budget)
+            rows.append({"n": n, "data": args.data, "type": type_name, "params": search_params,
+                         "build_s": build, "qps_b1": q1, "qps_b256": q256,
+                         "recall@1": recall(ann_ids, gt_ids, 1),
+                         "recall@10": recall(ann_ids, gt_ids, 10),
+                         "speedup_b1": q1 / exact_q1, "speedup_b256": q256 / exact_q256})
+            print_row(rows[-1])
+        del index
+        gc.collect()
+    return rows
+
+
+HEADER = ("| n | data | index | params | build s | q/s b=1 | q/s b=256 | recall@1 | recall@10 "
+          "| x exact b=1 | x exact b=256 |")
+
+
+def print_row(r: dict) -> None:
+    params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+    print(f"| {r['n']:,} | {r['data']} | {r['type']} | {params} | {r['build_s']:.1f} | "
+          f"{r['qps_b1']:,.0f} | {r['qps_b256']:,.0f} | {r['recall@1']:.3f} | "
+          f"{r['recall@10']:.3f} | {r['speedup_b1']:.1f} | {r['speedup_b256']:.1f} |", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--types", nargs="+", default=["hnsw", "ivf", "ivfpq"],
+                    choices=[t for t in fx.INDEX_TYPES if t != "flat"])
+    ap.add_argument("--data", choices=["clustered", "uniform"], default="clustered")
+    ap.add_argument("--queries", type=int, default=1000, help="queries (ground truth: exact top 10)")
+    ap.add_argument("--noise", type=float, default=0.8,
+                    help="clustered: noise norm relative to the unit centre")
+    ap.add_argument("--faces-per-id", type=int, default=10)
+    ap.add_argument("--train-size", type=int, default=200_000, help="IVF/PQ training sample")
+    ap.add_argument("--param", action="append", default=[], metavar="TYPE:KEY=VALUE",
+                    help="override a build parameter, e.g. hnsw:M=16 (repeatable)")
+    ap.add_argument("--budget", type=float, default=5.0, help="seconds per queries/s measurement")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="append the rows to this JSON file")
+    args = ap.parse_args()
+    overrides: dict[str, list[str]] = {}
+    for item in args.param:
+        type_name, kv = item.split(":", 1)
+        overrides.setdefault(type_name, []).append(kv)
+    args.param = overrides
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"faiss {faiss.__version__}, {args.threads} threads, dim {DIM}, {args.queries} queries, "
+          f"data {args.data}" + (f" (noise {args.noise}, {args.faces_per_id} faces/identity)"
+                                  if args.data == "clustered" else ""))
+    print()
+    print(HEADER)
+    print("|---" * (HEADER.count("|") - 1) + "|")
+    all_rows = []
+    for n in args.sizes:
+        load = os.getloadavg()[0]
+        all_rows.extend(bench_size(n, args))
+        print(f"<!-- n={n}: load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+              f"the end ({os.cpu_count()} CPUs, shared machine) -->", flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            old = json.loads(args.json.read_text()) if args.json.is_file() else []
+            args.json.write_text(json.dumps(old + [r for r in all_rows if r["n"] == n], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""End-to-end ``index build`` throughput on LFW vs a plain single-process loop, by pool size.
+
+For the same LFW files (an evenly spaced sample of ``--limit`` of them), in one run:
+
+* **loop**: one process, ``FacePipeline`` (the foundation API) over batches of 16 images,
+  ``read_image`` for each file; TensorFlow and onnxruntime use their default thread pools (all
+  cores). Model loading is timed apart.
+* **index build DxE**: ``build_index`` into a fresh index directory with D detection and E
+  embedding actors (everything else from the resource plan), on one local Ray started once
+  (its start-up is timed apart; a build's time includes listing, hashing, actor start-up and
+  the commits).
+
+Prints a markdown table (and writes JSON with ``--json``)::
+
+    .venv/bin/python benchmarks/bench_index_build.py --limit 400 --actors 1 2 1x2
+    .venv/bin/python benchmarks/bench_index_build.py            # all 13,233 images
+
+``--actors`` takes ``N`` (N detection and N embedding actors) or ``DxE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _pools(text: str) -> tuple[int, int]:
+    if "x" in text:
+        d, e = text.lower().split("x", 1)
+        return int(d), int(e)
+    return int(text), int(text)
+
+
+def sample_lfw(lfw_dir: Path, limit: int | None) -> list[Path]:
+    root = lfw_dir / "lfw-deepfunneled"
+    if not root.is_dir():
+        sys.exit(f"bench_index_build: {root} not found (pass --lfw-dir)")
+    paths = sorted(root.glob("*/*.jpg"))
+    if limit and limit < len(paths):
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    return paths
+
+
+def run_loop(paths: list[Path], batch_size: int) -> dict:
+    from facenet_platform.core.images import read_image
+    from facenet_platform.core.pipeline import FacePipeline
+
+    t = time.perf_counter()
+    pipeline = FacePipeline()
+    pipeline([read_image(paths[0])])  # trace/compile once, as the actors do at their first batch
+    load_s = time.perf_counter() - t
+    faces = no_face = 0
+    t = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        images = [read_image(p) for p in paths[start:start + batch_size]]
+        for found in pipeline(images):
+            faces += len(found)
+            no_face += not found
+    seconds = time.perf_counter() - t
+    return {"config": f"loop (FacePipeline, batch {batch_size})", "seconds": seconds,
+            "load_seconds": load_s, "images": len(paths), "faces": faces, "no_face": no_face,
+            "failures": 0, "images_per_second": len(paths) / seconds}
+
+
+def run_build(list_file: Path, detect: int, embed: int, workdir: Path) -> dict:
+    from facenet_platform.index.build import BuildOptions, build_index
+
+    index = workdir / f"index-{detect}x{embed}"
+    shutil.rmtree(index, ignore_errors=True)
+    options = BuildOptions(detect_actors=detect, embed_actors=embed, progress=False)
+    t = time.perf_counter()
+    summary = build_index([f"@{list_file}"], index, options=options)
+    seconds = time.perf_counter() - t
+    plan = summary.plan or {}
+    shutil.rmtree(index, ignore_errors=True)
+    return {"config": f"index build {detect}x{embed}", "seconds": seconds,
+            "pipeline_seconds": summary.pipeline_seconds, "images": summary.files_new,
+            "faces": summary.faces, "no_face": summary.files_no_face,
+            "failures": summary.failures, "images_per_second": summary.files_new / seconds,
+            "detect_cpus": plan.get("detect_cpus"), "embed_cpus": plan.get("embed_cpus"),
+            "embed_batch_size": plan.get("embed_batch_size")}
+
+
+def main() -> int:
+    from facenet_platform.core.lfw import default_lfw_dir
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
+    ap.add_argument("--limit", type=int, default=None,
+                    help="images, evenly spaced over LFW (default: all 13,233)")
+    ap.add_argument("--actors", nargs="+", default=["1", "2"],
+                    help="pool sizes: N (N detect + N embed actors) or DxE")
+    ap.add_argument("--batch-size", type=int, default=16, help="batch of the plain loop")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    ap.add_argument("--skip-loop", action="store_true", help="no single-process baseline")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    paths = sample_lfw(args.lfw_dir, args.limit)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-index-build-"))
+    list_file = workdir / "files.txt"
+    list_file.write_text("".join(f"{p}\n" for p in paths))
+    print(f"{len(paths)} LFW images from {args.lfw_dir}; {os.cpu_count()} CPUs", flush=True)
+
+    results = []
+    if not args.skip_loop:
+        results.append(run_loop(paths, args.batch_size))
+        print(f"loop: {results[-1]['images_per_second']:.2f} images/s", flush=True)
+
+    import ray
+
+    t = time.perf_counter()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    ray_start = time.perf_counter() - t
+    try:
+        for spec in args.actors:
+            detect, embed = _pools(spec)
+            results.append(run_build(list_file, detect, embed, workdir))
+            print(f"{results[-1]['config']}: {results[-1]['images_per_second']:.2f} images/s",
+                  flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    base = results[0]["images_per_second"] if not args.skip_loop else None
+    print()
+    print(f"LFW images: {len(paths)}; CPUs: {os.cpu_count()}; Ray start-up {ray_start:.1f} s "
+          f"(not counted)")
+    print()
+    print("| run | wall s | images/s | vs loop | faces | no face | failures | notes |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        ratio = f"{r['images_per_second'] / base:.2f}x" if base else "-"
+        if "load_seconds" in r:
+            notes = f"+{r['load_seconds']:.1f} s model load (not counted)"
+        else:
+            notes = (f"pipeline {r['pipeline_seconds']:.1f} s incl. actor start-up; "
+                     f"{r['detect_cpus']}/{r['embed_cpus']} CPU per detect/embed actor")
+        print(f"| {r['config']} | {r['seconds']:.1f} | {r['images_per_second']:.2f} | {ratio} | "
+              f"{r['faces']} | {r['no_face']} | {r['failures']} | {notes} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"images": len(paths), "cpus": os.cpu_count(),
+                                         "ray_start_seconds": ray_start, "results": results},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Embeddings of LFW images, computed once and cached as ``.npz`` (shared by the index benchmarks).
+
+Each image gets the embedding of its central face (``FacePipeline.central_faces``); when MTCNN
+finds no face the centre crop stands in, as in the LFW protocol, and ``found`` records it. The
+cache holds every image embedded so far (keyed by the path relative to the LFW root), so a
+``--limit-people`` run and a full run share it; missing images are embedded and appended, with a
+checkpoint every few hundred images so an interrupted run resumes.
+
+    .venv/bin/python benchmarks/lfw_cache.py            # embed all 13,233 LFW images
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+DEFAULT_CACHE = Path(__file__).resolve().parent / "out" / "lfw_embeddings.npz"
+
+logger = logging.getLogger("lfw_cache")
+
+
+@dataclass
+class LfwEmbeddings:
+    """Per image: path relative to the LFW image root, person name, embedding, face found."""
+
+    paths: np.ndarray       # (N,) str
+    names: np.ndarray       # (N,) str
+    embeddings: np.ndarray  # (N, D) float32
+    found: np.ndarray       # (N,) bool
+
+    def take(self, idx) -> "LfwEmbeddings":
+        return LfwEmbeddings(self.paths[idx], self.names[idx], self.embeddings[idx], self.found[idx])
+
+
+def _load(cache: Path) -> dict[str, tuple[np.ndarray, bool]]:
+    if not cache.is_file():
+        return {}
+    with np.load(cache, allow_pickle=False) as z:
+        return {str(p): (e, bool(f)) for p, e, f in zip(z["paths"], z["embeddings"], z["found"])}
+
+
+def _save(cache: Path, store: dict[str, tuple[np.ndarray, bool]]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    paths = sorted(store)
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez(tmp, paths=np.array(paths), embeddings=np.stack([store[p][0] for p in paths]),
+             found=np.array([store[p][1] for p in paths]))
+    tmp.replace(cache)
+
+
+def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = DEFAULT_CACHE,
+                   batch_size: int = 32, checkpoint_every: int = 512) -> LfwEmbeddings:
+    """Embeddings of every image of ``people`` (``{name: [paths]}``), from the cache or computed."""
+    from facenet_platform.core.images import read_image
+    from facenet_platform.core.lfw import image_root
+
+    root = image_root(lfw_dir)
+    wanted = [(name, p.relative_to(root).as_posix()) for name, paths in people.items() for p in paths]
+    store = _load(cache)
+    missing = [rel for _, rel in wanted if rel not in store]
+    if missing:
+        from facenet_platform.core.pipeline import FacePipeline
+
+        pipeline = FacePipeline()
+        logger.warning("embedding %d LFW images (%d cached) -> %s", len(missing), len(store), cache)
+        t0, done_since_save = time.perf_counter(), 0
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start:start + batch_size]
+            images = [read_image(root / rel) for rel in batch]
+            emb, faces = pipeline.central_faces(images, fallback_center=True)
+            for rel, e, face in zip(batch, emb, faces):
+                store[rel] = (np.asarray(e, np.float32), face is not None)
+            done_since_save += len(batch)
+            if done_since_save >= checkpoint_every:
+                _save(cache, store)
+                done_since_save = 0
+                done = start + len(batch)
+                rate = done / (time.perf_counter() - t0)
+                logger.warning("%d/%d images, %.1f img/s, eta %.0f s", done, len(missing), rate,
+                               (len(missing) - done) / rate)
+        _save(cache, store)
+        logger.warning("embedded %d images in %.0f s", len(missing), time.perf_counter() - t0)
+    return LfwEmbeddings(
+        paths=np.array([rel for _, rel in wanted]),
+        names=np.array([name for name, _ in wanted]),
+        embeddings=np.stack([store[rel][0] for _, rel in wanted]).astype(np.float32),
+        found=np.array([store[rel][1] for _, rel in wanted]),
+    )
+
+
+def select_people(lfw_dir: Path, limit_people: int | None, seed: int = 0) -> dict[str, list[Path]]:
+    """Every LFW person, or a random subset of ``limit_people`` people (same seed, same subset)
+    drawn so that the ratio of people with one image and with several stays as in LFW."""
+    from facenet_platform.core.lfw import list_identities
+
+    people = list_identities(lfw_dir, min_images=1)
+    if not limit_people or limit_people >= len(people):
+        return people
+    rng = np.random.default_rng(seed)
+    names = sorted(people)
+    keep = sorted(rng.choice(len(names), size=limit_people, replace=False))
+    return {names[i]: people[names[i]] for i in keep}
+
+
+def main() -> int:
+    from facenet_platform.core.lfw import default_lfw_dir
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
+    ap.add_argument("--limit-people", type=int, default=None)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    data = lfw_embeddings(args.lfw_dir, select_people(args.lfw_dir, args.limit_people), args.cache)
+    print(f"{len(data.paths)} images of {len(set(data.names))} people; "
+          f"{int((~data.found).sum())} without a detected face (centre crop) -> {args.cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

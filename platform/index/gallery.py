@@ -1,0 +1,643 @@
+"""The gallery of known people: one row per enrolled face, a FAISS index over their embeddings.
+
+    INDEX_DIR/gallery/faces-v{N}.parquet   id, name, source, content_hash, embedding, model_id, added_at
+    INDEX_DIR/gallery/faiss-v{N}.index     IndexIDMap2 over the same ids (see faiss_index.py)
+    INDEX_DIR/manifest.json  "gallery"     version N, the two file names, index type + parameters,
+                                           counts, model id, embedding size, threshold, next id
+
+Every face gets a stable ``int64`` id (never reused) that is both its FAISS id and its ``id``
+column, so a search hit maps straight back to its Parquet row.
+
+Saving writes version ``N + 1`` of both files (each to a temporary name, then renamed) and only
+then points the manifest at it (an atomic rename as well), so a save that fails midway leaves
+version ``N`` intact and current. The previous version is kept on disk so that readers that
+loaded it (memory-mapped) keep working; older ones are deleted. Saving checks that the manifest
+still names the version this gallery was loaded from and refuses otherwise (another writer saved
+in between: load again and repeat the change).
+
+Loading reads the id/name columns and memory-maps the FAISS index where the type allows it; the
+embeddings themselves are read only when a change needs them (add, remove, rebuild). The index
+type is chosen automatically by size (:func:`~facenet_platform.index.faiss_index.choose_index_type`)
+unless fixed with ``index_type``; a save re-builds the index when the size crosses the threshold,
+when removal is not supported in place, or when an IVF index has grown far past the data it was
+trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from facenet_platform.core.errors import ConfigError, DatasetError
+from facenet_platform.core.facetable import fixed_size_list
+
+from . import faiss_index as fx
+from .layout import IndexLayout, read_manifest, update_manifest
+
+logger = logging.getLogger(__name__)
+
+SECTION = "gallery"
+#: The identify decision for a face nobody in the gallery is close to (not a valid name).
+UNKNOWN = "unknown"
+#: Versions of the gallery files kept on disk (the current one and the one before).
+KEEP_VERSIONS = 2
+#: An IVF-type index is re-trained when the gallery outgrows its training set by this factor.
+RETRAIN_GROWTH = 4.0
+
+
+class GalleryError(DatasetError):
+    """The gallery is missing, damaged, from another model, or was changed by another writer."""
+
+
+class UnknownIdentityError(GalleryError, KeyError):
+    """No identity of that name is enrolled."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identity returned by a gallery search: squared L2 distance of its nearest face."""
+
+    name: str
+    distance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "distance": round(float(self.distance), 6)}
+
+
+def gallery_schema(embedding_size: int) -> pa.Schema:
+    """Schema of ``gallery/faces-v{N}.parquet``."""
+    return pa.schema([
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),       # photo path or URI it came from
+        pa.field("content_hash", pa.string(), nullable=True),  # sha256 of the photo's bytes
+        pa.field("embedding", pa.list_(pa.float32(), embedding_size), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("added_at", pa.timestamp("s", tz="UTC"), nullable=False),
+    ])
+
+
+_META_COLUMNS = ("id", "name", "source", "content_hash", "model_id", "added_at")
+
+
+def _empty_meta() -> dict[str, np.ndarray]:
+    return {
+        "id": np.zeros(0, np.int64),
+        "name": np.zeros(0, object),
+        "source": np.zeros(0, object),
+        "content_hash": np.zeros(0, object),
+        "model_id": np.zeros(0, object),
+        "added_at": np.zeros(0, "datetime64[s]"),
+    }
+
+
+class Gallery:
+    """Known people and the FAISS index over their faces.
+
+    Create one with :meth:`create` (new, empty) or :meth:`load`; :meth:`open` does either.
+    Changes (:meth:`add`, :meth:`remove`) live in memory until :meth:`save`.
+
+    Args:
+        layout: where the index directory is.
+        model_id: id of the embedding model every face must come from.
+        embedding_size: length of the embeddings.
+        threshold: same-person squared-L2 threshold of the model (``None``: the pretrained one).
+        index_type: ``"auto"`` or a key of :data:`~facenet_platform.index.faiss_index.INDEX_TYPES`.
+        index_params: overrides of the type's parameters (``{"efSearch": 256}``).
+        auto_threshold: above this many faces ``"auto"`` picks the approximate index.
+    """
+
+    def __init__(self, layout: IndexLayout, *, model_id: str, embedding_size: int,
+                 threshold: float | None = None, index_type: str = "auto",
+                 index_params: dict[str, Any] | None = None,
+                 auto_threshold: int = fx.DEFAULT_AUTO_THRESHOLD):
+        if index_type != "auto":
+            fx.get_index_type(index_type)
+        if auto_threshold < 0:
+            raise ConfigError(f"auto_threshold must be >= 0, got {auto_threshold}")
+        self.layout = layout
+        self.model_id = model_id
+        self.embedding_size = int(embedding_size)
+        if threshold is None:
+            from facenet_platform.core.weights import PRETRAINED
+
+            threshold = PRETRAINED.threshold
+        self._threshold = float(threshold)
+        self.index_type_setting = index_type
+        self.index_param_overrides = dict(index_params or {})
+        self.auto_threshold = int(auto_threshold)
+        self.version = 0
+        self._next_id = 0
+        self._meta = _empty_meta()
+        self._embeddings: np.ndarray | None = np.zeros((0, self.embedding_size), np.float32)
+        self._faces_file: str | None = None       # current Parquet version (lazy embeddings)
+        self._index = None                          # faiss IndexIDMap2 or None (empty / to build)
+        self._index_type: str | None = None         # type of self._index
+        self._index_params: dict[str, Any] = {}
+        self._index_mmapped = False
+        self._index_path: str | None = None         # file the index was loaded from
+        self._trained_on = 0                        # vectors the current index was trained on
+        self._needs_rebuild = False
+        self._dirty = False
+        self._refresh_lookup()
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, index_dir, *, model_id: str | None = None, embedding_size: int | None = None,
+               **kwargs) -> "Gallery":
+        """A new empty gallery for ``index_dir`` (nothing is written until :meth:`save`).
+
+        Defaults to the pretrained model's id and embedding size. Raises :class:`GalleryError`
+        when the directory already has a gallery.
+        """
+        from facenet_platform.core.weights import PRETRAINED
+
+        layout = IndexLayout.open(index_dir)
+        if SECTION in read_manifest(layout):
+            raise GalleryError(f"{layout.root} already has a gallery; load it instead")
+        return cls(layout, model_id=model_id or PRETRAINED.model_id,
+                   embedding_size=embedding_size or PRETRAINED.embedding_size, **kwargs)
+
+    @classmethod
+    def open(cls, index_dir, *, mmap: bool = True, **create_kwargs) -> "Gallery":
+        """:meth:`load` the gallery of ``index_dir`` if it has one, else :meth:`create` one.
+
+        Settings in ``create_kwargs`` that concern the index (``index_type``, ``index_params``,
+        ``auto_threshold``) also apply to an existing gallery from its next save.
+        """
+        layout = IndexLayout.open(index_dir)
+        if SECTION not in read_manifest(layout):
+            return cls.create(index_dir, **create_kwargs)
+        gallery = cls.load(index_dir, mmap=mmap)
+        gallery.configure_index(**{k: v for k, v in create_kwargs.items()
+                                   if k in ("index_type", "index_params", "auto_threshold")})
+        return gallery
+
+    @classmethod
+    def load(cls, index_dir, *, mmap: bool = True) -> "Gallery":
+        """The saved gallery of ``index_dir``.
+
+        Args:
+            index_dir: local path or pyarrow filesystem URI of the index directory.
+            mmap: memory-map the FAISS index where the type supports it (local files only).
+
+        Raises:
+            GalleryError: no gallery there, or its files are missing or damaged.
+        """
+        layout = IndexLayout.open(index_dir)
+        try:
+            section = read_manifest(layout).get(SECTION)
+        except (ValueError, OSError) as exc:
+            raise GalleryError(f"{layout.manifest}: unreadable manifest ({exc})") from exc
+        if not section:
+            raise GalleryError(f"{layout.root} has no gallery; enroll people first with "
+                               f"`facenet-platform index enroll GALLERY_DIR --index {layout.root}`")
+        try:
+            gallery = cls(layout, model_id=section["model_id"],
+                          embedding_size=section["embedding_size"],
+                          threshold=section.get("threshold"),
+                          index_type=section.get("index_type_setting", "auto"),
+                          index_params=section.get("index_param_overrides"),
+                          auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD))
+            gallery.version = int(section["version"])
+            gallery._next_id = int(section["next_id"])
+            faces_file = layout.path(section["faces"])
+            index_file = layout.path(section["index"]) if section.get("index") else None
+            index_type = section.get("index_type")
+            index_params = dict(section.get("index_params") or {})
+            trained_on = int(section.get("trained_on", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GalleryError(f"{layout.manifest}: gallery section is incomplete ({exc})") from exc
+        try:
+            table = pq.read_table(faces_file, columns=list(_META_COLUMNS), filesystem=layout.fs)
+        except (OSError, pa.ArrowException) as exc:
+            raise GalleryError(f"{faces_file}: cannot read the gallery table ({exc})") from exc
+        gallery._meta = _table_to_meta(table)
+        gallery._faces_file = faces_file
+        gallery._embeddings = None
+        if index_file is not None:
+            gallery._index = _load_index(layout, index_file, index_type, mmap=mmap)
+            if gallery._index.ntotal != len(gallery._meta["id"]):
+                raise GalleryError(f"{index_file} holds {gallery._index.ntotal} vectors but "
+                                   f"{faces_file} has {len(gallery._meta['id'])} rows")
+            fx.configure_search(gallery._index, index_type, index_params)
+            gallery._index_type = index_type
+            gallery._index_params = index_params
+            gallery._index_mmapped = mmap and layout_is_local(layout)
+            gallery._index_path = index_file
+            gallery._trained_on = trained_on
+        gallery._refresh_lookup()
+        logger.info("gallery v%d of %s: %d faces of %d people, %s index", gallery.version,
+                    layout.root, len(gallery), len(gallery._names), index_type)
+        return gallery
+
+    def configure_index(self, *, index_type: str | None = None,
+                        index_params: dict[str, Any] | None = None,
+                        auto_threshold: int | None = None) -> None:
+        """Change the index settings; the index is rebuilt at the next :meth:`save` if needed."""
+        if index_type is not None:
+            if index_type != "auto":
+                fx.get_index_type(index_type)
+            if index_type != self.index_type_setting:
+                self.index_type_setting = index_type
+                self._dirty = True
+        if index_params is not None and index_params != self.index_param_overrides:
+            self.index_param_overrides = dict(index_params)
+            self._needs_rebuild = self._dirty = True
+        if auto_threshold is not None and auto_threshold != self.auto_threshold:
+            self.auto_threshold = int(auto_threshold)
+            self._dirty = True
+
+    # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        """Same-person squared-L2 distance threshold of the gallery's model."""
+        return self._threshold
+
+    def is_current(self) -> bool:
+        """Whether the manifest still names the version this gallery was loaded from or saved as
+        (a server can poll this and :meth:`load` again when another process saved)."""
+        section = read_manifest(self.layout).get(SECTION) or {}
+        return int(section.get("version", 0)) == self.version
+
+    @property
+    def dirty(self) -> bool:
+        """Changes not saved yet."""
+        return self._dirty
+
+    @property
+    def index_type(self) -> str | None:
+        """Type of the current FAISS index (``None`` while empty or not yet built)."""
+        return self._index_type
+
+    @property
+    def index_params(self) -> dict[str, Any]:
+        return dict(self._index_params)
+
+    def __len__(self) -> int:
+        return int(len(self._meta["id"]))
+
+    def identities(self) -> dict[str, int]:
+        """``{name: number of enrolled faces}``, names sorted."""
+        return {name: int(n) for name, n in zip(self._names, self._counts)}
+
+    def faces(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Rows (without embeddings) of one identity, or of everyone."""
+        keep = np.ones(len(self), bool) if name is None else self._meta["name"] == name
+        return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self._meta.items()}
+                for i in np.flatnonzero(keep)]
+
+    def search(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Match]]:
+        """The ``top_k`` nearest identities of each query embedding.
+
+        Args:
+            embeddings: ``(N, D) float32`` L2-normalised (re-normalised here).
+            top_k: identities per query.
+
+        Returns:
+            Per query, up to ``top_k`` :class:`Match` sorted by ascending squared L2 distance;
+            an identity appears once, with the distance of its nearest face.
+        """
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        queries = fx.as_unit_rows(embeddings, self.embedding_size, "query embeddings")
+        n_queries, n = len(queries), len(self)
+        if n_queries == 0 or n == 0:
+            return [[] for _ in range(n_queries)]
+        index = self._search_index()
+        top_k = min(top_k, len(self._names))
+        results: list[list[Match] | None] = [None] * n_queries
+        pending = np.arange(n_queries)
+        # Enough hits for top_k distinct people when nobody has more than a few faces; rows
+        # that come back short are searched again with a larger k.
+        k = min(n, top_k * int(min(self._max_count, 4)))
+        while len(pending):
+            scores, ids = index.search(queries[pending], k)
+            distances = fx.to_squared_l2(scores)
+            codes = self._codes_of(ids)
+            short = []
+            for row, qi in enumerate(pending):
+                valid = codes[row] >= 0
+                row_codes, row_dist = codes[row][valid], distances[row][valid]
+                _, first = np.unique(row_codes, return_index=True)
+                first.sort()
+                first = first[:top_k]
+                if len(first) < top_k and k < n:
+                    short.append(qi)
+                    continue
+                results[qi] = [Match(self._names[row_codes[j]], float(row_dist[j])) for j in first]
+            if k >= n:
+                for qi in short:  # the index returned fewer than top_k people even at k = n
+                    results[qi] = results[qi] or []
+                break
+            pending = np.asarray(short, dtype=np.int64)
+            k = min(n, k * 4)
+        return [r if r is not None else [] for r in results]
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def add(self, name: str, embeddings: np.ndarray, sources: Sequence[str] | None = None, *,
+            content_hashes: Sequence[str | None] | None = None) -> np.ndarray:
+        """Enroll faces of ``name`` (a new or an existing identity).
+
+        Args:
+            name: the person's name (non-empty, no newline).
+            embeddings: ``(N, D)`` float32 embeddings of the same model.
+            sources: where each face came from (path or URI); default ``""``.
+            content_hashes: sha256 of each source file, used to skip re-enrolling a photo.
+
+        Returns:
+            The ``(N,)`` int64 ids given to the new faces.
+        """
+        name = check_name(name)
+        vectors = fx.as_unit_rows(embeddings, self.embedding_size, f"embeddings of {name!r}")
+        n = len(vectors)
+        sources = [""] * n if sources is None else [os.fspath(s) for s in sources]
+        hashes = [None] * n if content_hashes is None else list(content_hashes)
+        if len(sources) != n or len(hashes) != n:
+            raise ConfigError(f"{n} embeddings of {name!r} but {len(sources)} sources and "
+                              f"{len(hashes)} content hashes")
+        if n == 0:
+            return np.zeros(0, np.int64)
+        self._ensure_embeddings()
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        now = np.datetime64(int(time.time()), "s")
+        new = {
+            "id": ids,
+            "name": np.array([name] * n, object),
+            "source": np.array(sources, object),
+            "content_hash": np.array(hashes, object),
+            "model_id": np.array([self.model_id] * n, object),
+            "added_at": np.full(n, now, "datetime64[s]"),
+        }
+        self._meta = {k: np.concatenate([self._meta[k], new[k]]) for k in self._meta}
+        self._embeddings = np.concatenate([self._embeddings, vectors])
+        self._next_id += n
+        if self._index is not None and not self._needs_rebuild:
+            self._make_index_writable()
+        if self._index is not None and not self._needs_rebuild:
+            fx.add_batched(self._index, vectors, ids)
+        self._refresh_lookup()
+        self._dirty = True
+        return ids
+
+    def remove(self, name: str) -> int:
+        """Remove every face of ``name``; returns how many (UnknownIdentityError if none)."""
+        mask = self._meta["name"] == name
+        removed = int(mask.sum())
+        if removed == 0:
+            raise UnknownIdentityError(f"no identity named {name!r} in the gallery of "
+                                       f"{self.layout.root} ({len(self._names)} enrolled)")
+        self._ensure_embeddings()
+        ids = self._meta["id"][mask]
+        keep = ~mask
+        self._meta = {k: v[keep] for k, v in self._meta.items()}
+        self._embeddings = self._embeddings[keep]
+        if self._index is not None and not self._needs_rebuild:
+            if fx.get_index_type(self._index_type).supports_remove:
+                self._make_index_writable()
+            if self._index is not None and fx.get_index_type(self._index_type).supports_remove:
+                self._index.remove_ids(ids)
+            else:
+                self._needs_rebuild = True
+        self._refresh_lookup()
+        self._dirty = True
+        return removed
+
+    def has_photo(self, name: str, content_hash: str) -> bool:
+        """Whether a photo with this content hash is already enrolled under ``name``."""
+        return bool(np.any((self._meta["name"] == name) & (self._meta["content_hash"] == content_hash)))
+
+    def save(self) -> int:
+        """Write a new version (Parquet + FAISS index, then the manifest); returns its number.
+
+        Raises:
+            GalleryError: another writer saved a newer version since this one was loaded.
+        """
+        current = (read_manifest(self.layout).get(SECTION) or {}).get("version", 0)
+        if int(current) != self.version:
+            raise GalleryError(f"the gallery of {self.layout.root} changed since it was loaded "
+                               f"(version {current}, loaded {self.version}); load it again and "
+                               f"repeat the change")
+        self._ensure_embeddings()
+        self._update_index()
+        version = self.version + 1
+        faces_name = f"{SECTION}/faces-v{version}.parquet"
+        index_name = f"{SECTION}/faiss-v{version}.index" if self._index is not None else None
+        self.layout.makedirs(self.layout.gallery_dir)
+        self._write_table(self.layout.path(faces_name))
+        if index_name is not None:
+            _save_index(self.layout, self.layout.path(index_name), self._index)
+        update_manifest(self.layout, SECTION, {
+            "version": version,
+            "faces": faces_name,
+            "index": index_name,
+            "index_type": self._index_type,
+            "index_params": self._index_params,
+            "index_type_setting": self.index_type_setting,
+            "index_param_overrides": self.index_param_overrides,
+            "auto_threshold": self.auto_threshold,
+            "trained_on": self._trained_on,
+            "metric": "inner_product; squared_l2 = 2 - 2 * ip",
+            "n_faces": len(self),
+            "n_identities": len(self._names),
+            "model_id": self.model_id,
+            "embedding_size": self.embedding_size,
+            "threshold": self._threshold,
+            "next_id": self._next_id,
+        })
+        self.version = version
+        self._faces_file = self.layout.path(faces_name)
+        self._dirty = False
+        self._delete_old_versions()
+        logger.info("saved gallery v%d: %d faces of %d people (%s index)", version, len(self),
+                    len(self._names), self._index_type)
+        return version
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _refresh_lookup(self) -> None:
+        """Name codes per row, sorted ids for id -> row, counts per name."""
+        order = np.argsort(self._meta["id"], kind="stable")
+        if np.any(order != np.arange(len(order))):
+            self._meta = {k: v[order] for k, v in self._meta.items()}
+            if self._embeddings is not None:
+                self._embeddings = self._embeddings[order]
+        names, codes, counts = np.unique(self._meta["name"].astype(str), return_inverse=True,
+                                         return_counts=True)
+        self._names = [str(s) for s in names]
+        self._row_codes = codes.astype(np.int64)
+        self._counts = counts
+        self._max_count = int(counts.max()) if len(counts) else 0
+
+    def _codes_of(self, ids: np.ndarray) -> np.ndarray:
+        """Name code of every FAISS id (-1 for the -1 padding and for unknown ids)."""
+        sorted_ids = self._meta["id"]
+        if len(sorted_ids) == 0:
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        found = (ids >= 0) & (sorted_ids[pos] == ids)
+        return np.where(found, self._row_codes[pos], -1)
+
+    def _ensure_embeddings(self) -> None:
+        if self._embeddings is not None:
+            return
+        try:
+            table = pq.read_table(self._faces_file, columns=["id", "embedding"],
+                                  filesystem=self.layout.fs)
+        except (OSError, pa.ArrowException) as exc:
+            raise GalleryError(f"{self._faces_file}: cannot read embeddings ({exc})") from exc
+        ids = table.column("id").to_numpy()
+        emb = _embedding_matrix(table.column("embedding"), self.embedding_size)
+        order = np.argsort(ids, kind="stable")
+        if not np.array_equal(ids[order], self._meta["id"]):
+            raise GalleryError(f"{self._faces_file}: ids differ from the loaded gallery")
+        self._embeddings = emb[order]
+
+    def _desired_type(self) -> str:
+        if self.index_type_setting != "auto":
+            return self.index_type_setting
+        return fx.choose_index_type(len(self), self.auto_threshold)
+
+    def _update_index(self) -> None:
+        """Build the index again when needed (type change, removal, growth past training)."""
+        n = len(self)
+        if n == 0:
+            self._index, self._index_type, self._index_params = None, None, {}
+            self._needs_rebuild = False
+            return
+        desired = self._desired_type()
+        kind = fx.get_index_type(desired)
+        grown = (not kind.exact and kind.min_train(kind.params(n)) > 0
+                 and n > RETRAIN_GROWTH * max(self._trained_on, 1))
+        if (self._index is None or self._needs_rebuild or desired != self._index_type or grown):
+            params = kind.params(n, self.index_param_overrides)
+            t0 = time.perf_counter()
+            self._index, self._index_params = fx.build_index(desired, self._embeddings,
+                                                             self._meta["id"], params)
+            self._index_type, self._index_mmapped = desired, False
+            self._trained_on = 0 if kind.min_train(params) == 0 else n
+            self._needs_rebuild = False
+            logger.info("built %s index over %d faces in %.2f s (%s)", desired, n,
+                        time.perf_counter() - t0, params)
+
+    def _search_index(self):
+        if self._index is None or self._needs_rebuild or self._index_type is None:
+            self._ensure_embeddings()
+            self._update_index()
+        return self._index
+
+    def _make_index_writable(self) -> None:
+        """Swap a memory-mapped (read-only) index for an in-memory copy before changing it: read
+        the file it was mapped from again without mapping, or rebuild when that file is gone."""
+        if not self._index_mmapped:
+            return
+        self._ensure_embeddings()
+        try:
+            self._index = _load_index(self.layout, self._index_path, self._index_type, mmap=False)
+            fx.configure_search(self._index, self._index_type, self._index_params)
+        except GalleryError as exc:
+            logger.warning("%s; rebuilding the index from the gallery table", exc)
+            self._index, self._needs_rebuild = None, True
+        self._index_mmapped = False
+
+    def _write_table(self, path: str) -> None:
+        m = self._meta
+        table = pa.Table.from_arrays([
+            pa.array(m["id"], pa.int64()),
+            pa.array(m["name"].tolist(), pa.string()),
+            pa.array(m["source"].tolist(), pa.string()),
+            pa.array(m["content_hash"].tolist(), pa.string()),
+            fixed_size_list(self._embeddings, self.embedding_size),
+            pa.array(m["model_id"].tolist(), pa.string()),
+            pa.array(m["added_at"].astype("datetime64[s]"), pa.timestamp("s", tz="UTC")),
+        ], schema=gallery_schema(self.embedding_size))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.layout.write_bytes_atomic(path, sink.getvalue().to_pybytes())
+
+    def _delete_old_versions(self) -> None:
+        oldest_kept = self.version - KEEP_VERSIONS + 1
+        try:
+            infos = self.layout.fs.get_file_info(pafs.FileSelector(self.layout.gallery_dir))
+        except OSError:
+            return
+        for info in infos:
+            base = info.base_name
+            for prefix, suffix in (("faces-v", ".parquet"), ("faiss-v", ".index")):
+                if base.startswith(prefix) and base.endswith(suffix):
+                    number = base[len(prefix):-len(suffix)]
+                    if number.isdigit() and int(number) < oldest_kept:
+                        try:
+                            self.layout.fs.delete_file(info.path)
+                        except OSError as exc:
+                            logger.warning("could not delete old gallery file %s: %s", info.path, exc)
+
+    def __repr__(self) -> str:
+        return (f"Gallery({self.layout.root!r}, v{self.version}, {len(self)} faces, "
+                f"{len(self._names)} identities, index={self._index_type})")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def layout_is_local(layout: IndexLayout) -> bool:
+    return isinstance(layout.fs, pafs.LocalFileSystem)
+
+
+def _save_index(layout: IndexLayout, path: str, index) -> None:
+    if layout_is_local(layout):
+        layout.makedirs(path.rsplit("/", 1)[0])
+        fx.write_index_file(index, path)
+    else:
+        layout.write_bytes_atomic(path, fx.serialize_index(index))
+
+
+def _load_index(layout: IndexLayout, path: str, type_name: str, *, mmap: bool):
+    try:
+        if layout_is_local(layout):
+            return fx.read_index_file(path, type_name, mmap=mmap)
+        return fx.deserialize_index(layout.read_bytes(path))
+    except (RuntimeError, OSError) as exc:
+        raise GalleryError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]})") from exc
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("an identity name must be a non-empty string")
+    if any(c in name for c in "\n\r\0"):
+        raise ConfigError(f"identity name {name!r} contains a line break or NUL")
+    if name == UNKNOWN:
+        raise ConfigError(f"{UNKNOWN!r} is reserved for faces that match nobody; pick another name")
+    return name
+
+
+def _table_to_meta(table: pa.Table) -> dict[str, np.ndarray]:
+    return {
+        "id": table.column("id").to_numpy().astype(np.int64),
+        "name": np.array(table.column("name").to_pylist(), object),
+        "source": np.array(table.column("source").to_pylist(), object),
+        "content_hash": np.array(table.column("content_hash").to_pylist(), object),
+        "model_id": np.array(table.column("model_id").to_pylist(), object),
+        "added_at": table.column("added_at").to_numpy().astype("datetime64[s]"),
+    }
+
+
+def _embedding_matrix(column: pa.ChunkedArray, size: int) -> np.ndarray:
+    """A ``fixed_size_list<float32>[size]`` column -> ``(N, size) float32`` without a Python loop."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    flat = column.flatten()  # honours the array's offset
+    return np.asarray(flat.to_numpy(zero_copy_only=False), np.float32).reshape(-1, size)

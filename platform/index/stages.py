@@ -1,0 +1,408 @@
+"""The Ray Data stages of ``index build``: batch dicts of numpy arrays in, batch dicts out.
+
+    paths -> hash_files                       (tasks; first pass, finds what is new)
+    new files -> read_decode                  (tasks)  bytes -> sha256 -> decode_image -> RGB
+              -> DetectAlign                  (actor pool) MTCNN + margin crop + sharpness
+              -> Embed                        (actor pool, large batches, GPU when given)
+              -> the driver commits the rows  (build.py)
+
+Every stage passes every file on: a file that fails carries ``status="failed"`` with the
+``stage`` and ``reason`` to the end instead of raising, so one bad file never fails the job. A
+stage that fails on a whole batch retries image by image to find the culprit. The detection and
+embedding classes load their model once in ``__init__`` (once per actor) and can be called
+directly on a dict like ``ds.take_batch(n)`` returns.
+
+Row columns after :class:`DetectAlign` (one row per face, or one row per file without faces):
+
+============  ===========================================================================
+path          str: file path or URI
+content_hash  str: sha256 hex of the bytes ("" when they could not be read)
+size          int64: bytes as listed; mtime_ns int64: as listed
+status        "face" | "no_face" | "failed"
+stage         "" or the failing stage: read | decode | detect | embed
+reason        "" or why it failed (one line)
+width height  int32: image size in px after EXIF rotation (0 when unknown)
+n_faces       int32: faces of the file (the rows sharing its content_hash)
+face_index    int32: rank of the face by detection score (-1 on a file row)
+box           (4,) float32 x1 y1 x2 y2 px; landmarks (10,) float32 x1 y1 ... x5 y5 px
+score         float32 detection probability; sharpness float32 variance of Laplacian
+crop          (S, S, 3) uint8 aligned crop (zeros on a file row); replaced by
+embedding     (D,) float32 after :class:`Embed`, plus model_id str
+============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DetectAlign", "Embed", "hash_files", "read_bytes", "read_decode", "one_line_reason"]
+
+ENVELOPE = ("path", "content_hash", "size", "mtime_ns", "status", "stage", "reason", "width",
+            "height")
+
+def one_line_reason(exc: BaseException, path: str) -> str:
+    """``str(exc)`` on one line, without the leading ``"<path>: "`` the image errors carry."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if text.startswith(path + ": "):
+        text = text[len(path) + 2:]
+    from facenet_platform.core.errors import FaceNetPlatformError
+
+    if not isinstance(exc, FaceNetPlatformError):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes, local path or any pyarrow filesystem URI; raises ImageError."""
+    from facenet_platform.core.errors import ImageError
+    from facenet_platform.core.images import read_image_bytes
+
+    from .sources import filesystem_for
+
+    if "://" not in path:
+        return read_image_bytes(path)
+    try:
+        fs, fs_path = filesystem_for(path)
+        with fs.open_input_stream(fs_path) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow filesystems raise OSError, ArrowInvalid...
+        raise ImageError(f"{path}: cannot read file ({' '.join(str(exc).split())})") from None
+
+
+def _strings(values) -> list[str]:
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def _objects(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pass 1: hash
+
+
+def hash_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"path"}`` -> ``{"path", "content_hash", "error"}`` (sha256 hex; ``""`` + the reason
+    when the file cannot be read)."""
+    paths = _strings(batch["path"])
+    hashes, errors = [], []
+    for path in paths:
+        try:
+            hashes.append(hashlib.sha256(read_bytes(path)).hexdigest())
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - a bad file never fails the job
+            hashes.append("")
+            errors.append(one_line_reason(exc, path))
+    return {"path": np.array(paths, dtype=object), "content_hash": np.array(hashes, dtype=object),
+            "error": np.array(errors, dtype=object)}
+
+
+# --------------------------------------------------------------------------------------------
+# pass 2: read + decode
+
+
+_PLACEHOLDER = np.zeros((1, 1, 3), np.uint8)
+
+
+def read_decode(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> dict[str, np.ndarray]:
+    """``{"path", "size", "mtime_ns"}`` -> the envelope columns + ``image`` (``(H, W, 3)
+    uint8`` RGB, EXIF orientation applied; a 1x1 placeholder where the file failed)."""
+    from facenet_platform.core.images import decode_image
+
+    paths = _strings(batch["path"])
+    n = len(paths)
+    hashes, status, stage, reason = [""] * n, ["ok"] * n, [""] * n, [""] * n
+    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    images: list[np.ndarray] = [_PLACEHOLDER] * n
+    for i, path in enumerate(paths):
+        try:
+            data = read_bytes(path)
+        except Exception as exc:  # noqa: BLE001
+            status[i], stage[i], reason[i] = "failed", "read", one_line_reason(exc, path)
+            continue
+        hashes[i] = hashlib.sha256(data).hexdigest()
+        try:
+            image = decode_image(data, source=path, max_pixels=max_pixels)
+        except Exception as exc:  # noqa: BLE001
+            status[i], stage[i], reason[i] = "failed", "decode", one_line_reason(exc, path)
+            continue
+        images[i] = image
+        height[i], width[i] = image.shape[:2]
+    return {
+        "path": np.array(paths, dtype=object),
+        "content_hash": np.array(hashes, dtype=object),
+        "size": np.asarray(batch["size"], np.int64),
+        "mtime_ns": np.asarray(batch["mtime_ns"], np.int64),
+        "status": np.array(status, dtype=object),
+        "stage": np.array(stage, dtype=object),
+        "reason": np.array(reason, dtype=object),
+        "width": width,
+        "height": height,
+        "image": _objects(images),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# detect + align
+
+
+def sharpness(crops: np.ndarray) -> np.ndarray:
+    """Variance of the Laplacian of each grey crop (``(N, S, S, 3) uint8`` -> ``(N,) float32``)."""
+    import cv2
+
+    out = np.zeros(len(crops), np.float32)
+    for k, crop in enumerate(crops):
+        grey = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+        out[k] = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+    return out
+
+
+class _Faults:
+    """Test-only fault injection (see ``build.FAULTS_ENV``)."""
+
+    def __init__(self, faults: dict[str, str] | None):
+        self.faults = dict(faults or {})
+        self.calls = 0
+
+    def fail_path(self, key: str, path: str) -> None:
+        needle = self.faults.get(key)
+        if needle and needle in path:
+            raise RuntimeError(f"injected {key} fault")
+
+    def maybe_kill(self, key: str) -> None:
+        """Kill this worker process once (a marker file makes the restarted worker carry on)."""
+        self.calls += 1
+        spec = self.faults.get(key)
+        if not spec:
+            return
+        marker_dir, _, nth = spec.partition(":")
+        if self.calls < int(nth or 1):
+            return
+        marker = os.path.join(marker_dir, f"{key}.done")
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        logger.warning("injected fault %s: killing worker pid %d", key, os.getpid())
+        os._exit(1)
+
+
+class DetectAlign:
+    """MTCNN detection + alignment of every face, as a Ray Data actor.
+
+    Args:
+        min_face_size: smallest face in pixels (MTCNN).
+        num_threads: onnxruntime threads per actor (match the actor's ``num_cpus``).
+        image_size, margin, alignment: the crop (the embedding model's: 160 px, 32 px, margin).
+        faults: test-only fault injection.
+    """
+
+    def __init__(self, *, min_face_size: int = 20, num_threads: int | None = 1,
+                 image_size: int = 160, margin: float = 32, alignment: str = "margin",
+                 faults: dict[str, str] | None = None):
+        from facenet_platform.core.alignment import FaceAligner
+        from facenet_platform.core.detection import FaceDetector
+        from facenet_platform.core.errors import WeightsError
+
+        if (faults or {}).get("fail_detect_init"):
+            raise WeightsError("injected fail_detect_init fault: cannot load the MTCNN nets")
+        self.detector = FaceDetector(min_face_size=min_face_size, num_threads=num_threads)
+        self.aligner = FaceAligner(image_size=image_size, margin=margin, method=alignment)
+        self.size = int(image_size)
+        self._faults = _Faults(faults)
+
+    def _detect_all(self, images: list[np.ndarray], paths: list[str]) -> list[Any]:
+        """Detections per image; an image on which detection raises gives the exception."""
+        try:
+            for path in paths:
+                self._faults.fail_path("fail_detect_path", path)
+            return list(self.detector.detect(images))
+        except Exception:  # noqa: BLE001 - isolate the culprit, image by image
+            out: list[Any] = []
+            for image, path in zip(images, paths):
+                try:
+                    self._faults.fail_path("fail_detect_path", path)
+                    out.append(self.detector.detect([image])[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._faults.maybe_kill("kill_detect_worker")
+        n = len(batch["path"])
+        paths = _strings(batch["path"])
+        status = _strings(batch["status"])
+        stage, reason = _strings(batch["stage"]), _strings(batch["reason"])
+        ok = [i for i in range(n) if status[i] == "ok"]
+        images = [np.asarray(batch["image"][i]) for i in ok]
+        results: dict[int, Any] = dict(zip(ok, self._detect_all(images, [paths[i] for i in ok])))
+
+        rows: list[tuple[int, int]] = []  # (input row, face index or -1)
+        out_status, out_stage, out_reason, n_faces = [], [], [], []
+        boxes, landmarks, scores, crops, sharp = [], [], [], [], []
+        empty_crop = np.zeros((self.size, self.size, 3), np.uint8)
+
+        def file_row(i: int, st: str, sg: str, rs: str) -> None:
+            rows.append((i, -1))
+            out_status.append(st), out_stage.append(sg), out_reason.append(rs), n_faces.append(0)
+            boxes.append(np.zeros(4, np.float32)), landmarks.append(np.zeros(10, np.float32))
+            scores.append(0.0), crops.append(empty_crop[None]), sharp.append(0.0)
+
+        for i in range(n):
+            if status[i] != "ok":
+                file_row(i, "failed", stage[i], reason[i])
+                continue
+            dets = results[i]
+            if isinstance(dets, Exception):
+                file_row(i, "failed", "detect", one_line_reason(dets, paths[i]))
+                continue
+            if len(dets) == 0:
+                file_row(i, "no_face", "", "")
+                continue
+            try:
+                face_crops = self.aligner(np.asarray(batch["image"][i]), dets)
+                face_sharp = sharpness(face_crops)
+            except Exception as exc:  # noqa: BLE001
+                file_row(i, "failed", "detect", "alignment: " + one_line_reason(exc, paths[i]))
+                continue
+            k = len(dets)
+            for j in range(k):
+                rows.append((i, j))
+                out_status.append("face"), out_stage.append(""), out_reason.append("")
+                n_faces.append(k)
+            boxes.extend(dets.boxes.astype(np.float32))
+            landmarks.extend(dets.landmarks.reshape(k, 10).astype(np.float32))
+            scores.extend(dets.scores.astype(np.float32).tolist())
+            crops.append(face_crops)
+            sharp.extend(face_sharp.tolist())
+
+        src = np.array([r[0] for r in rows], np.int64)
+        m = len(rows)
+        return {
+            "path": np.array([paths[i] for i in src], dtype=object),
+            "content_hash": np.asarray(batch["content_hash"], dtype=object)[src] if m else
+            np.array([], dtype=object),
+            "size": np.asarray(batch["size"], np.int64)[src],
+            "mtime_ns": np.asarray(batch["mtime_ns"], np.int64)[src],
+            "status": np.array(out_status, dtype=object),
+            "stage": np.array(out_stage, dtype=object),
+            "reason": np.array(out_reason, dtype=object),
+            "width": np.asarray(batch["width"], np.int32)[src],
+            "height": np.asarray(batch["height"], np.int32)[src],
+            "n_faces": np.array(n_faces, np.int32),
+            "face_index": np.array([r[1] for r in rows], np.int32),
+            "box": np.array(boxes, np.float32).reshape(m, 4),
+            "landmarks": np.array(landmarks, np.float32).reshape(m, 10),
+            "score": np.array(scores, np.float32),
+            "sharpness": np.array(sharp, np.float32),
+            "crop": (np.concatenate(crops) if crops else
+                     np.zeros((0, self.size, self.size, 3), np.uint8)),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# embed
+
+
+def _configure_tensorflow(num_threads: int | None) -> None:
+    """Thread pools (must happen before TensorFlow runs anything) and GPU memory growth."""
+    import tensorflow as tf
+
+    try:
+        if num_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as exc:  # already initialised in this process
+        logger.debug("TensorFlow already initialised (%s); keeping its settings", exc)
+
+
+class Embed:
+    """FaceNet embeddings of the crops, as a Ray Data actor (GPU when the actor has one).
+
+    Args:
+        model: a saved ``.keras`` model path, or None for the pretrained 20180408-102900.
+        batch_size: crops per forward pass (the model's own batch; map_batches' batch_size
+            should be a multiple).
+        backend: embedding backend (default: FaceEmbedder's, keras-fp32).
+        num_threads: TensorFlow intra-op threads (match the actor's ``num_cpus``).
+        faults: test-only fault injection.
+    """
+
+    def __init__(self, *, model: str | None = None, batch_size: int = 32,
+                 backend: str | None = None, num_threads: int | None = 1,
+                 faults: dict[str, str] | None = None):
+        _configure_tensorflow(num_threads)
+        from facenet_platform.core.embedding import FaceEmbedder
+
+        kwargs = {"backend": backend} if backend else {}
+        self.embedder = FaceEmbedder(model, batch_size=batch_size, **kwargs)
+        self.model_id = self.embedder.model_id
+        self.dim = self.embedder.embedding_size
+        self._faults = _Faults(faults)
+
+    def _embed(self, crops: np.ndarray, paths: list[str]) -> np.ndarray:
+        for path in paths:
+            self._faults.fail_path("fail_embed_path", path)
+        return np.asarray(self.embedder(crops), np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._faults.maybe_kill("kill_embed_worker")
+        status = _strings(batch["status"])
+        paths = _strings(batch["path"])
+        hashes = _strings(batch["content_hash"])
+        n = len(status)
+        face_rows = np.array([i for i in range(n) if status[i] == "face"], np.int64)
+        embeddings = np.zeros((n, self.dim), np.float32)
+        failed: dict[str, str] = {}  # content hash -> reason
+        if len(face_rows):
+            crops = np.asarray(batch["crop"])
+            try:
+                embeddings[face_rows] = self._embed(crops[face_rows],
+                                                    [paths[i] for i in face_rows])
+            except Exception:  # noqa: BLE001 - isolate the culprit, file by file
+                for h in dict.fromkeys(hashes[i] for i in face_rows):
+                    rows = np.array([i for i in face_rows if hashes[i] == h], np.int64)
+                    try:
+                        embeddings[rows] = self._embed(crops[rows], [paths[rows[0]]])
+                    except Exception as exc:  # noqa: BLE001
+                        failed[h] = one_line_reason(exc, paths[rows[0]])
+
+        out = {k: np.asarray(batch[k]) for k in batch if k != "crop"}
+        out["embedding"] = embeddings
+        out["model_id"] = np.array([self.model_id] * n, dtype=object)
+        if failed:
+            # One "failed" row per failed file instead of its face rows.
+            keep, seen = [], set()
+            for i in range(n):
+                if status[i] == "face" and hashes[i] in failed:
+                    if hashes[i] in seen:
+                        continue
+                    seen.add(hashes[i])
+                keep.append(i)
+            keep_idx = np.array(keep, np.int64)
+            out = {k: v[keep_idx] for k, v in out.items()}
+            st, sg, rs = list(out["status"]), list(out["stage"]), list(out["reason"])
+            for j, i in enumerate(keep):
+                if status[i] == "face" and hashes[i] in failed:
+                    st[j], sg[j], rs[j] = "failed", "embed", failed[hashes[i]]
+                    out["n_faces"][j] = 0
+                    out["face_index"][j] = -1
+                    out["embedding"][j] = 0.0
+            out["status"] = np.array(st, dtype=object)
+            out["stage"] = np.array(sg, dtype=object)
+            out["reason"] = np.array(rs, dtype=object)
+        return out

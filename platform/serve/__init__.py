@@ -1,0 +1,1 @@
+"""facenet_platform.serve"""

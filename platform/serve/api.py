@@ -1,0 +1,522 @@
+"""The HTTP ingress: a FastAPI app (``@serve.ingress``) that composes the model deployments.
+
+Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``)::
+
+    POST   /v1/identify                 one photo -> every face, top-k identities, decision
+    POST   /v1/verify                   file1 + file2 -> distance, threshold, same person or not
+    POST   /v1/embed                    one photo -> every face with its embedding
+    POST   /v1/identities/{name}/faces  enroll one or more photos of a person
+    DELETE /v1/identities/{name}        forget a person (404 if unknown)
+    GET    /v1/identities               who is enrolled, faces each
+    GET    /v1/stats                    counters and latencies
+    GET    /healthz                     200 once models and gallery answer, else 503
+    GET    /                            the web page
+
+A photo comes as the multipart field ``file`` (``file1``/``file2`` for verify; any number of
+file fields to enroll) or as the raw request body. Errors are ``{"error": message, "code": code}``
+with 400 (not an image, corrupt, bad parameter), 401 (API key), 404, 413 (body or pixel limit),
+422 (verify/enroll photo without a face) or 503 (a backend is down); a photo without faces is a
+200 with an empty ``faces`` list. With ``FACENET_API_KEY`` set in the ingress' environment,
+everything under ``/v1`` needs it (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); the
+page, ``/docs`` and ``/healthz`` do not (they return no data).
+"""
+
+import asyncio
+import collections
+import hashlib
+import hmac
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facenet_platform.core.errors import (
+    ConfigError,
+    ImageError,
+    ImageTooLargeError,
+    NoFaceFoundError,
+)
+from facenet_platform.index.gallery import GalleryError
+
+from .config import API_KEY_ENV, INGRESS, AppArgs
+from .deployments import Detected, Failure, WriteResult
+from .uploads import (
+    BadUpload,
+    BodyTooLarge,
+    all_uploads,
+    named_uploads,
+    read_body,
+    single_upload,
+)
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "v1"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message, "code": code}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message, "code": code, **extra}, status_code=status,
+                        headers=headers)
+
+
+app = FastAPI(
+    title="facenet-platform",
+    version="1",
+    description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_, exc: ApiError):
+    return _error(exc.status, exc.code, exc.message)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_, exc: RequestValidationError):
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('query', 'path'))}: "
+        f"{e.get('msg')}" for e in exc.errors())
+    return _error(400, "invalid_parameter", problems or "invalid request")
+
+
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_, exc: StarletteHTTPException):
+    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
+                  str(exc.detail))
+
+
+# -- API key ---------------------------------------------------------------------------------------
+
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                           description=f"the API key, when the service sets {API_KEY_ENV}")
+_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+
+
+def require_api_key(x_api_key: Optional[str] = Security(_key_header),
+                    bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> None:
+    """Enforce ``FACENET_API_KEY`` (read from the replica's environment) when it is set."""
+    expected = os.environ.get(API_KEY_ENV)
+    if not expected:
+        return
+    given = x_api_key or (bearer.credentials if bearer else None)
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized",
+                       "missing or wrong API key: send it as 'X-API-Key: KEY' or "
+                       "'Authorization: Bearer KEY'")
+
+
+AUTH = [Depends(require_api_key)]
+
+
+def _image_body(*fields: str, multiple: bool = False, raw: bool = True) -> dict:
+    """OpenAPI description of an upload body (the endpoints parse it themselves)."""
+    props = {f: ({"type": "array", "items": {"type": "string", "format": "binary"}}
+                 if multiple else {"type": "string", "format": "binary"}) for f in fields}
+    content = {"multipart/form-data": {"schema": {"type": "object", "properties": props,
+                                                  "required": list(fields)}}}
+    if raw:
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        content["image/jpeg"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+class _Stats:
+    """Counters and a latency window of one ingress replica."""
+
+    def __init__(self, window: int = 4096):
+        self.started = time.time()
+        self.requests: collections.Counter = collections.Counter()
+        self.statuses: collections.Counter = collections.Counter()
+        self.latency: dict[str, collections.deque] = collections.defaultdict(
+            lambda: collections.deque(maxlen=window))
+        self.faces = 0
+        self.retries = 0
+
+    def record(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests[endpoint] += 1
+        self.statuses[str(status)] += 1
+        self.latency[endpoint].append(seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        lat = {}
+        for endpoint, values in self.latency.items():
+            if values:
+                p = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
+                lat[endpoint] = {"n": len(values), "p50_ms": round(p[0], 1),
+                                 "p95_ms": round(p[1], 1), "p99_ms": round(p[2], 1)}
+        return {"uptime_s": round(time.time() - self.started, 1),
+                "requests": dict(self.requests), "statuses": dict(self.statuses),
+                "faces": self.faces, "backend_retries": self.retries, "latency": lat}
+
+
+# -- the ingress -----------------------------------------------------------------------------------
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = ()
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a replica that died or cannot be reached (retried once: idempotent)."""
+    global _UNAVAILABLE
+    if not _UNAVAILABLE:
+        import ray.exceptions as rex
+
+        names = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
+                 "ActorUnschedulableError", "WorkerCrashedError", "NodeDiedError")
+        _UNAVAILABLE = tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+    return _UNAVAILABLE
+
+
+@serve.deployment(name=INGRESS)
+@serve.ingress(app)
+class FaceAPI:
+    """HTTP front: parses and checks uploads, then calls detector -> embedder -> searcher."""
+
+    def __init__(self, detector: DeploymentHandle, embedder: DeploymentHandle,
+                 searcher: DeploymentHandle, writer: DeploymentHandle, settings: dict):
+        from facenet_platform.core.images import max_pixels_from_env
+
+        self.args = AppArgs.model_validate(settings)
+        self.detector, self.embedder, self.searcher, self.writer = (
+            detector, embedder, searcher, writer)
+        self.max_pixels = self.args.max_pixels or max_pixels_from_env()
+        self.stats = _Stats()
+        self._model: Optional[dict[str, Any]] = None
+        self._page = (STATIC_DIR / "index.html").read_text() if (
+            STATIC_DIR / "index.html").is_file() else None
+
+    # ---------------------------------------------------------------------------- plumbing
+
+    async def _call(self, method, *args):
+        """``await handle.method.remote(*args)``, retried when the replica died mid-call."""
+        errors = _unavailable_errors()
+        for attempt in range(self.args.call_retries + 1):
+            try:
+                return await method.remote(*args)
+            except errors as exc:
+                if attempt == self.args.call_retries:
+                    raise ApiError(503, "backend_unavailable",
+                                   f"a backend replica is unavailable ({type(exc).__name__}); "
+                                   "retry shortly") from exc
+                self.stats.retries += 1
+                logger.warning("retrying a call whose replica failed: %s", type(exc).__name__)
+
+    async def _body(self, request: Request) -> bytes:
+        body = await read_body(request.headers.get("content-length"), request.stream(),
+                               self.args.max_body_bytes)
+        if not body:
+            raise BadUpload("empty request body: send a photo (multipart field 'file' or the "
+                            "raw bytes)")
+        return body
+
+    def _probe(self, source: str, data: bytes) -> None:
+        """Header-only checks (empty, not an image, over the pixel limit): nothing decoded."""
+        from facenet_platform.core.images import probe_image
+
+        probe_image(data, source=source, max_pixels=self.max_pixels)
+
+    @staticmethod
+    def _ok(result):
+        if isinstance(result, Failure):
+            raise ApiError(result.status, result.code, result.message)
+        return result
+
+    async def _model_info(self) -> dict[str, Any]:
+        if self._model is None:
+            self._model = await self._call(self.embedder.ready)
+        return self._model
+
+    async def _embed(self, crops: np.ndarray) -> np.ndarray:
+        """Embeddings of any number of crops: calls of at most max_batch_size faces, in
+        parallel, each batched with other clients' by the embedder."""
+        size = self.args.max_batch_size
+        parts = await asyncio.gather(*(self._call(self.embedder.embed, crops[i:i + size])
+                                       for i in range(0, len(crops), size)))
+        return np.concatenate(parts)
+
+    async def _run(self, endpoint: str, coro):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            result = await coro
+            status = getattr(result, "status_code", 200)
+            return result
+        except ApiError as exc:
+            status = exc.status
+            raise
+        except (BodyTooLarge, ImageTooLargeError) as exc:
+            status = 413
+            code = "body_too_large" if isinstance(exc, BodyTooLarge) else "image_too_large"
+            raise ApiError(413, code, str(exc)) from None
+        except (BadUpload, ImageError) as exc:
+            status = 400
+            raise ApiError(400, "bad_image" if isinstance(exc, ImageError) else "bad_upload",
+                           str(exc)) from None
+        except NoFaceFoundError as exc:
+            status = 422
+            raise ApiError(422, "no_face", str(exc)) from None
+        except ConfigError as exc:
+            status = 400
+            raise ApiError(400, "bad_request", str(exc)) from None
+        except GalleryError as exc:
+            status = 503
+            logger.warning("%s: gallery error: %s", endpoint, exc)
+            raise ApiError(503, "gallery_unavailable", str(exc).splitlines()[0]) from None
+        except Exception:
+            logger.exception("%s failed", endpoint)
+            raise ApiError(500, "internal_error", "internal error (see the service logs)") from None
+        finally:
+            self.stats.record(endpoint, status, time.perf_counter() - t0)
+
+    async def _detect_one(self, source: str, data: bytes, max_faces: int) -> Detected:
+        self._probe(source, data)
+        return self._ok(await self._call(self.detector.detect, data, source, max_faces,
+                                         self.max_pixels))
+
+    async def _central(self, source: str, data: bytes) -> Detected:
+        return self._ok(await self._call(self.detector.central, data, source, self.max_pixels))
+
+    def _max_faces(self, max_faces: Optional[int]) -> int:
+        if max_faces is None:
+            return self.args.max_faces_default()
+        if max_faces > self.args.max_faces_limit:
+            raise ApiError(400, "invalid_parameter",
+                           f"max_faces: at most {self.args.max_faces_limit}")
+        return max_faces
+
+    # ---------------------------------------------------------------------------- endpoints
+
+    @app.post(f"/{API_VERSION}/identify", dependencies=AUTH, openapi_extra=_image_body("file"),
+              summary="Who is in this photo: every face, its top-k identities and a decision")
+    async def identify(
+        self, request: Request,
+        top_k: Optional[int] = Query(None, ge=1, le=100,
+                                     description="identities listed per face (default 5)"),
+        threshold: Optional[float] = Query(None, ge=0, le=4, description=(
+            "squared L2 distance at or under which a face is its nearest identity (default: "
+            "the model's LFW-selected threshold)")),
+        max_faces: Optional[int] = Query(None, ge=1, description=(
+            "faces considered per photo, highest detection score first (default 20)")),
+    ):
+        return await self._run("identify", self._identify(request, top_k, threshold,
+                                                          max_faces))
+
+    async def _identify(self, request, top_k, threshold, max_faces):
+        from facenet_platform.index.identify import IdentifiedFace, decide
+
+        source, data = single_upload(request.headers.get("content-type"),
+                                     await self._body(request))
+        det = await self._detect_one(source, data, self._max_faces(max_faces))
+        top_k = top_k or self.args.top_k
+        if len(det) == 0:
+            info = await self._model_info()
+            return {"faces": [], "image": {"width": det.width, "height": det.height},
+                    "threshold": info["threshold"] if threshold is None else threshold,
+                    "detected": det.n_detected}
+        embeddings = await self._embed(det.crops)
+        version, gallery_threshold, matches = await self._call(self.searcher.search,
+                                                               embeddings, top_k)
+        thr = gallery_threshold if threshold is None else float(threshold)
+        faces = [IdentifiedFace(int(det.indices[i]), det.boxes[i], det.landmarks[i],
+                                float(det.scores[i]), decide(matches[i], thr), matches[i],
+                                thr).to_dict()
+                 for i in range(len(det))]
+        self.stats.faces += len(faces)
+        return {"faces": faces, "image": {"width": det.width, "height": det.height},
+                "threshold": thr, "gallery_version": version, "detected": det.n_detected}
+
+    @app.post(f"/{API_VERSION}/verify", dependencies=AUTH,
+              openapi_extra=_image_body("file1", "file2", raw=False),
+              summary="Are the main faces of two photos the same person?")
+    async def verify(
+        self, request: Request,
+        threshold: Optional[float] = Query(None, ge=0, le=4, description=(
+            "same-person squared L2 distance threshold (default: the model's)")),
+    ):
+        return await self._run("verify", self._verify(request, threshold))
+
+    async def _verify(self, request, threshold):
+        from facenet_platform.core.pipeline import Verification, squared_distance
+
+        uploads = named_uploads(request.headers.get("content-type"), await self._body(request),
+                                ("file1", "file2"))
+        for source, data in uploads:
+            self._probe(source, data)
+        found = await asyncio.gather(*(self._central(s, d) for s, d in uploads))
+        for (source, _), det in zip(uploads, found):
+            if len(det) == 0:
+                raise NoFaceFoundError(f"{source}: no face found")
+        embeddings = await self._embed(np.concatenate([d.crops for d in found]))
+        if threshold is None:
+            threshold = (await self._model_info())["threshold"]
+        result = Verification(squared_distance(embeddings[0], embeddings[1]), float(threshold))
+        faces = [{"box": [round(float(v), 1) for v in d.boxes[0]],
+                  "score": round(float(d.scores[0]), 5),
+                  "landmarks": [[round(float(x), 1), round(float(y), 1)]
+                                for x, y in d.landmarks[0]],
+                  "faces_in_photo": d.n_detected} for d in found]
+        return {**result.to_dict(), "faces": faces}
+
+    @app.post(f"/{API_VERSION}/embed", dependencies=AUTH, openapi_extra=_image_body("file"),
+              summary="Every face of a photo with its embedding")
+    async def embed(
+        self, request: Request,
+        max_faces: Optional[int] = Query(None, ge=1, description="faces per photo (default 20)"),
+    ):
+        return await self._run("embed", self._embed_faces(request, max_faces))
+
+    async def _embed_faces(self, request, max_faces):
+        from facenet_platform.core.pipeline import Face
+
+        source, data = single_upload(request.headers.get("content-type"),
+                                     await self._body(request))
+        det = await self._detect_one(source, data, self._max_faces(max_faces))
+        info = await self._model_info()
+        embeddings = (await self._embed(det.crops) if len(det)
+                      else np.zeros((0, info["embedding_size"]), np.float32))
+        faces = [Face(int(det.indices[i]), det.boxes[i], det.landmarks[i], float(det.scores[i]),
+                      embeddings[i]).to_dict(with_embedding=True) for i in range(len(det))]
+        return {"faces": faces, "image": {"width": det.width, "height": det.height},
+                "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
+
+    @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=AUTH, status_code=201,
+              openapi_extra=_image_body("file", multiple=True),
+              summary="Enroll one or more photos of a person (the main face of each)")
+    async def enroll(self, name: str, request: Request):
+        return await self._run("enroll", self._enroll(name, request))
+
+    async def _enroll(self, name, request):
+        from facenet_platform.index.gallery import check_name
+
+        check_name(name)
+        uploads = all_uploads(request.headers.get("content-type"), await self._body(request))
+        for source, data in uploads:
+            self._probe(source, data)
+        found = await asyncio.gather(*(self._central(s, d) for s, d in uploads))
+        keep = [i for i, det in enumerate(found) if len(det)]
+        skipped = [{"source": uploads[i][0], "reason": "no face found"}
+                   for i, det in enumerate(found) if not len(det)]
+        if not keep:
+            raise NoFaceFoundError(f"no face found in any of the {len(uploads)} photos of "
+                                   f"{name!r}; nothing enrolled")
+        embeddings = await self._embed(np.concatenate([found[i].crops for i in keep]))
+        hashes = [hashlib.sha256(uploads[i][1]).hexdigest() for i in keep]
+        sources = [f"upload:{uploads[i][0]}:{hashes[j][:12]}" for j, i in enumerate(keep)]
+        info = await self._model_info()
+        model = {"model_id": info["model_id"], "embedding_size": info["embedding_size"],
+                 "threshold": info["threshold"]}
+        # Not retried on a dead writer: a write must not be applied twice (the content hashes
+        # would make a second attempt a no-op anyway, but say so rather than guess).
+        try:
+            result = self._ok(await self.writer.add.remote(name, embeddings, sources, hashes,
+                                                           model))
+        except _unavailable_errors() as exc:
+            raise ApiError(503, "backend_unavailable",
+                           f"the gallery writer is unavailable ({type(exc).__name__}); the "
+                           "enrollment may not have been saved: retry") from exc
+        assert isinstance(result, WriteResult)
+        body = {"name": name, "added": result.added, "already_enrolled": result.already_enrolled,
+                "faces": result.faces, "skipped": skipped, "gallery_version": result.version,
+                "identities": result.identities}
+        return JSONResponse(body, status_code=201 if result.added else 200)
+
+    @app.delete(f"/{API_VERSION}/identities/{{name}}", dependencies=AUTH,
+                summary="Forget a person (every enrolled face)")
+    async def delete_identity(self, name: str):
+        return await self._run("delete", self._delete(name))
+
+    async def _delete(self, name):
+        try:
+            result = self._ok(await self.writer.remove.remote(name))
+        except _unavailable_errors() as exc:
+            raise ApiError(503, "backend_unavailable",
+                           f"the gallery writer is unavailable ({type(exc).__name__})") from exc
+        return {"name": name, "removed": result.removed, "gallery_version": result.version,
+                "identities": result.identities}
+
+    @app.get(f"/{API_VERSION}/identities", dependencies=AUTH, summary="Who is enrolled")
+    async def list_identities(self):
+        async def run():
+            version, identities = await self._call(self.searcher.identities)
+            return {"identities": [{"name": n, "faces": c} for n, c in identities.items()],
+                    "count": len(identities), "gallery_version": version}
+
+        return await self._run("identities", run())
+
+    @app.get(f"/{API_VERSION}/stats", dependencies=AUTH,
+             summary="Request counters and latencies (this ingress replica; one replica of each "
+                     "backend)")
+    async def get_stats(self):
+        async def run():
+            detector, embedder, searcher, writer = await asyncio.gather(
+                self._call(self.detector.stats), self._call(self.embedder.stats),
+                self._call(self.searcher.info), self._call(self.writer.stats))
+            return {"ingress": {"replica": serve.get_replica_context().replica_tag,
+                                **self.stats.to_dict()},
+                    "detector": detector, "embedder": embedder, "gallery": searcher,
+                    "writer": writer,
+                    "limits": {"max_body_bytes": self.args.max_body_bytes,
+                               "max_pixels": self.max_pixels,
+                               "max_faces_limit": self.args.max_faces_limit}}
+
+        return await self._run("stats", run())
+
+    @app.get("/healthz", summary="200 when the models and the gallery answer, else 503")
+    async def healthz(self):
+        try:
+            detector, embedder, searcher = await asyncio.wait_for(asyncio.gather(
+                self.detector.ready.remote(), self.embedder.ready.remote(),
+                self.searcher.ready.remote()), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return _error(503, "not_ready", f"not ready: {type(exc).__name__}: {exc}"[:500])
+        if (embedder["model_id"], embedder["embedding_size"]) != (
+                searcher["model_id"], searcher["embedding_size"]) and searcher["faces"]:
+            return _error(503, "model_mismatch",
+                          f"the gallery holds embeddings of {searcher['model_id']!r} but the "
+                          f"embedder runs {embedder['model_id']!r}")
+        if detector["crop_size"] != embedder["input_size"]:
+            return _error(503, "model_mismatch",
+                          f"the detector crops {detector['crop_size']} px but the model takes "
+                          f"{embedder['input_size']} px")
+        return {"status": "ok", "model_id": embedder["model_id"],
+                "gallery_version": searcher["version"], "identities": searcher["identities"],
+                "faces": searcher["faces"]}
+
+    # ---------------------------------------------------------------------------- web page
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        if self._page is None:
+            return _error(404, "not_found", "the web page is not installed")
+        return HTMLResponse(self._page)
+
+    @app.get("/static/{filename}", include_in_schema=False)
+    async def static(self, filename: str):
+        path = (STATIC_DIR / filename).resolve()
+        if path.parent != STATIC_DIR or not path.is_file():
+            return _error(404, "not_found", f"no static file {filename!r}")
+        return FileResponse(path)

@@ -1,0 +1,477 @@
+"""The model and gallery deployments the HTTP ingress composes with handles.
+
+======================  ==========================================================================
+deployment              job
+======================  ==========================================================================
+``Detector``            image bytes -> decode (pixel limit) -> MTCNN -> aligned crops
+``Embedder``            crops -> embeddings, batched across callers with ``@serve.batch``
+                        (a batch is counted in faces, not requests)
+``Searcher``            the gallery's FAISS index: top-k identities; reloads on a version bump
+``GalleryWriter``       the single writer: enroll / remove, one change at a time, saved atomically
+======================  ==========================================================================
+
+Each scales on its own (see :mod:`facenet_platform.serve.config`). Replies are plain picklable
+values; expected failures (a corrupt image, an unknown name) come back as :class:`Failure`
+values instead of exceptions, so the ingress maps them to HTTP codes without depending on how Ray
+wraps exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from ray import serve
+
+from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeError
+
+from .config import DETECTOR, EMBEDDER, SEARCHER, WRITER
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An expected failure: the HTTP status and code the ingress answers with, and why."""
+
+    status: int
+    code: str
+    message: str
+
+
+@dataclass
+class Detected:
+    """The faces of one image (highest detection score first), with their aligned crops."""
+
+    width: int
+    height: int
+    boxes: np.ndarray          # (N, 4) float32
+    scores: np.ndarray         # (N,) float32
+    landmarks: np.ndarray      # (N, 5, 2) float32
+    crops: np.ndarray          # (N, S, S, 3) uint8
+    indices: np.ndarray        # (N,) position among all detections
+    n_detected: int = 0        # faces found before max_faces / the central-face choice
+
+    def __len__(self) -> int:
+        return int(len(self.boxes))
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_tag
+    except Exception:  # noqa: BLE001 - outside a replica (unit tests)
+        return f"pid-{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------------- detector
+
+
+@serve.deployment(name=DETECTOR)
+class Detector:
+    """Decodes uploads and finds faces. Sync methods: Serve runs them in a thread pool."""
+
+    def __init__(self, min_face_size: int = 20, threads: int | None = None,
+                 margin: float | None = None, alignment: str | None = None,
+                 crop_size: int | None = None):
+        from facenet_platform.core.alignment import FaceAligner
+        from facenet_platform.core.detection import FaceDetector
+        from facenet_platform.core.weights import PRETRAINED
+
+        self.detector = FaceDetector(min_face_size=min_face_size, num_threads=threads)
+        self.aligner = FaceAligner(image_size=crop_size or PRETRAINED.input_size,
+                                   margin=PRETRAINED.margin if margin is None else margin,
+                                   method=alignment or PRETRAINED.alignment)
+        self.calls = Counter()
+        self.seconds = 0.0
+        logger.info("detector ready: %r, %r", self.detector, self.aligner)
+
+    def _decode(self, data: bytes, source: str, max_pixels: int | None):
+        from facenet_platform.core.images import decode_image
+
+        try:
+            return decode_image(data, source=source, max_pixels=max_pixels)
+        except ImageTooLargeError as exc:
+            return Failure(413, "image_too_large", str(exc))
+        except ImageError as exc:
+            return Failure(400, "bad_image", str(exc))
+
+    def _result(self, image: np.ndarray, dets, indices: np.ndarray, n_detected: int) -> Detected:
+        chosen = dets.take(indices)
+        return Detected(
+            width=int(image.shape[1]), height=int(image.shape[0]),
+            boxes=chosen.boxes, scores=chosen.scores, landmarks=chosen.landmarks,
+            crops=self.aligner(image, chosen), indices=np.asarray(indices, np.int64),
+            n_detected=n_detected,
+        )
+
+    def detect(self, data: bytes, source: str, max_faces: int, max_pixels: int | None = None
+               ) -> Detected | Failure:
+        """Every face of an encoded image, at most ``max_faces`` (highest score first)."""
+        t0 = time.perf_counter()
+        image = self._decode(data, source, max_pixels)
+        if isinstance(image, Failure):
+            self.calls["failed"] += 1
+            return image
+        dets = self.detector.detect([image])[0]
+        out = self._result(image, dets, np.arange(min(len(dets), max_faces)), len(dets))
+        self.calls["detect"] += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def central(self, data: bytes, source: str, max_pixels: int | None = None
+                ) -> Detected | Failure:
+        """The one face a photo is about (largest near the centre), or none."""
+        from facenet_platform.core.alignment import select_central_face
+
+        t0 = time.perf_counter()
+        image = self._decode(data, source, max_pixels)
+        if isinstance(image, Failure):
+            self.calls["failed"] += 1
+            return image
+        dets = self.detector.detect([image])[0]
+        chosen = [select_central_face(dets, image.shape)] if len(dets) else []
+        out = self._result(image, dets, np.asarray(chosen, np.int64), len(dets))
+        self.calls["central"] += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def ready(self) -> dict[str, Any]:
+        return {"replica": _replica_id(), "aligner": repr(self.aligner),
+                "crop_size": self.aligner.image_size}
+
+    def stats(self) -> dict[str, Any]:
+        n = self.calls["detect"] + self.calls["central"]
+        return {"replica": _replica_id(), "calls": dict(self.calls),
+                "mean_ms": round(1000 * self.seconds / n, 2) if n else None}
+
+
+# ----------------------------------------------------------------------------------- embedder
+
+
+def _n_faces(items: Sequence[np.ndarray]) -> int:
+    """``@serve.batch`` batch size: faces, not requests (a request may carry several)."""
+    return int(sum(len(item) for item in items))
+
+
+@serve.deployment(name=EMBEDDER)
+class Embedder:
+    """Face crops -> embeddings, with requests of every client batched together.
+
+    A batch holds at most ``max_batch_size`` faces (callers send at most that many per call) and
+    runs at the smallest compiled model batch size ("bucket") that holds it: the Keras backends
+    pad every forward pass to a fixed size, so one face must not pay for sixteen.
+    """
+
+    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
+                 buckets: Sequence[int] | None = None, backend: str = "keras-fp32",
+                 model: str | None = None, jit_compile: bool = True,
+                 threads: int | None = None):
+        if threads:
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        from facenet_platform.core.embedding import FaceEmbedder
+
+        self.max_batch_size = int(max_batch_size)
+        sizes = sorted(set(buckets or [self.max_batch_size]) | {self.max_batch_size})
+        if backend.startswith("onnx"):
+            sizes = [self.max_batch_size]  # ONNX Runtime takes any batch size: no padding
+        t0 = time.perf_counter()
+        largest = FaceEmbedder(model, batch_size=sizes[-1], backend=backend,
+                               jit_compile=jit_compile)
+        self._by_size = {sizes[-1]: largest}
+        for size in sizes[:-1]:
+            self._by_size[size] = FaceEmbedder(
+                largest.model, batch_size=size, backend=backend, jit_compile=jit_compile,
+                model_id=largest.model_id, threshold=largest.threshold)
+        self.sizes = sizes
+        self.model_id = largest.model_id
+        self.input_size = largest.input_size
+        self.embedding_size = largest.embedding_size
+        self.threshold = largest.threshold
+        self.backend = backend
+        for size, embedder in self._by_size.items():  # trace / compile every bucket now
+            embedder(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
+        self.embed.set_max_batch_size(self.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self.batch_wait_timeout_s = float(batch_wait_timeout_s)
+        self.batches = 0
+        self.faces = 0
+        self.requests = 0
+        self.batch_sizes: Counter[int] = Counter()
+        self.seconds = 0.0
+        logger.info("embedder ready in %.1f s: %s, buckets %s, max_batch_size %d",
+                    time.perf_counter() - t0, backend, sizes, self.max_batch_size)
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        out = []
+        largest = self.sizes[-1]
+        for start in range(0, len(crops), largest):
+            piece = crops[start:start + largest]
+            size = next(s for s in self.sizes if s >= len(piece))
+            out.append(self._by_size[size](piece))
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, batch_size_fn=_n_faces)
+    async def embed(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        """One ``(n_i, S, S, 3) uint8`` crop array per caller -> one ``(n_i, D)`` array each."""
+        counts = [len(item) for item in items]
+        crops = np.concatenate(items) if items else np.zeros((0,), np.uint8)
+        t0 = time.perf_counter()
+        # In a thread, so the event loop keeps queueing the next batch meanwhile.
+        embeddings = await asyncio.to_thread(self._run, crops)
+        self.seconds += time.perf_counter() - t0
+        self.batches += 1
+        self.faces += len(crops)
+        self.requests += len(items)
+        self.batch_sizes[len(crops)] += 1
+        bounds = np.cumsum([0, *counts])
+        return [embeddings[bounds[i]:bounds[i + 1]] for i in range(len(items))]
+
+    def ready(self) -> dict[str, Any]:
+        return {"replica": _replica_id(), "model_id": self.model_id,
+                "embedding_size": self.embedding_size, "input_size": self.input_size,
+                "threshold": self.threshold, "backend": self.backend}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "replica": _replica_id(), "backend": self.backend, "buckets": self.sizes,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "batches": self.batches, "faces": self.faces, "requests": self.requests,
+            "mean_batch_faces": round(self.faces / self.batches, 2) if self.batches else None,
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "mean_batch_ms": round(1000 * self.seconds / self.batches, 2) if self.batches else None,
+        }
+
+
+# ------------------------------------------------------------------------------------- gallery
+
+
+def _gallery_version(layout) -> int:
+    from facenet_platform.index.layout import read_manifest
+
+    section = read_manifest(layout).get("gallery") or {}
+    return int(section.get("version", 0))
+
+
+def _open_gallery(index_dir: str, *, mmap: bool, model: dict[str, Any] | None = None):
+    """The saved gallery of ``index_dir``, or a new empty one (version 0) when it has none.
+
+    Retries a load that races with a writer deleting an old version under it.
+    """
+    from facenet_platform.index.gallery import Gallery, GalleryError
+    from facenet_platform.index.layout import IndexLayout, read_manifest
+
+    layout = IndexLayout.open(index_dir)
+    for attempt in range(3):
+        if "gallery" not in read_manifest(layout):
+            model = model or {}
+            return Gallery.create(index_dir, model_id=model.get("model_id"),
+                                  embedding_size=model.get("embedding_size"),
+                                  threshold=model.get("threshold"))
+        try:
+            return Gallery.load(index_dir, mmap=mmap)
+        except GalleryError:
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@serve.deployment(name=SEARCHER)
+class Searcher:
+    """Holds the gallery (FAISS index memory-mapped) and answers top-k searches.
+
+    Before every request it reads the manifest's gallery version (one small file) and loads the
+    new version when it changed, so an enrollment is visible to the next request on every
+    replica.
+    """
+
+    def __init__(self, index_dir: str):
+        from facenet_platform.index.layout import IndexLayout
+
+        self.index_dir = index_dir
+        self.layout = IndexLayout.open(index_dir)
+        self._lock = threading.Lock()
+        self._gallery = _open_gallery(index_dir, mmap=True)
+        self.reloads = 0
+        self.searches = 0
+        logger.info("searcher ready: %r", self._gallery)
+
+    def _current(self):
+        gallery = self._gallery
+        if _gallery_version(self.layout) != gallery.version:
+            with self._lock:
+                if _gallery_version(self.layout) != self._gallery.version:
+                    self._gallery = _open_gallery(self.index_dir, mmap=True)
+                    self.reloads += 1
+                    logger.info("searcher reloaded %r", self._gallery)
+                gallery = self._gallery
+        return gallery
+
+    def search(self, embeddings: np.ndarray, top_k: int) -> tuple[int, float, list]:
+        """``(gallery version, gallery threshold, per query [Match, ...])``."""
+        gallery = self._current()
+        self.searches += 1
+        return gallery.version, gallery.threshold, gallery.search(embeddings, top_k)
+
+    def identities(self) -> tuple[int, dict[str, int]]:
+        gallery = self._current()
+        return gallery.version, gallery.identities()
+
+    def info(self) -> dict[str, Any]:
+        gallery = self._current()
+        return {"replica": _replica_id(), "version": gallery.version,
+                "model_id": gallery.model_id, "embedding_size": gallery.embedding_size,
+                "threshold": gallery.threshold, "faces": len(gallery),
+                "identities": len(gallery.identities()), "index_type": gallery.index_type,
+                "reloads": self.reloads, "searches": self.searches}
+
+    def ready(self) -> dict[str, Any]:
+        return self.info()
+
+    def check_health(self) -> None:
+        if self._gallery is None:
+            raise RuntimeError("gallery not loaded")
+
+
+@dataclass
+class WriteResult:
+    """What an enrollment or removal changed."""
+
+    name: str
+    version: int
+    faces: int                      # faces of ``name`` after the change
+    added: int = 0
+    removed: int = 0
+    already_enrolled: int = 0
+    identities: int = 0
+    sources_added: list[str] = field(default_factory=list)
+
+
+class GalleryWriterImpl:
+    """Every change to the gallery goes through here, one at a time.
+
+    Each change starts from the version on disk (loaded again if another writer, e.g. the CLI,
+    saved since), is applied in memory and saved as a new version (Parquet + FAISS written
+    under temporary names, renamed, then the manifest swapped atomically). A change that fails
+    anywhere drops the in-memory copy, so the next one starts again from the last good version on
+    disk; a crash during the save leaves that version current.
+    """
+
+    def __init__(self, index_dir: str):
+        from facenet_platform.index.layout import IndexLayout
+
+        self.index_dir = index_dir
+        self.layout = IndexLayout.open(index_dir)
+        self._gallery = None
+        self._lock = asyncio.Lock()
+        self.writes = 0
+        self.failures = 0
+
+    def _fresh(self, model: dict[str, Any] | None):
+        gallery = self._gallery
+        if gallery is None or gallery.dirty or _gallery_version(self.layout) != gallery.version:
+            gallery = self._gallery = _open_gallery(self.index_dir, mmap=False, model=model)
+        return gallery
+
+    def _change(self, apply, model: dict[str, Any] | None) -> WriteResult | Failure:
+        from facenet_platform.index.gallery import GalleryError, UnknownIdentityError
+
+        for attempt in range(3):
+            gallery = self._fresh(model)
+            try:
+                result = apply(gallery)
+                if isinstance(result, Failure):
+                    self._gallery = None if gallery.dirty else gallery
+                    return result
+                if gallery.dirty:
+                    result.version = gallery.save()
+                    self.writes += 1
+                result.version = gallery.version
+                result.identities = len(gallery.identities())
+                return result
+            except UnknownIdentityError as exc:
+                self._gallery = None
+                return Failure(404, "unknown_identity", str(exc))
+            except ConfigError as exc:
+                self._gallery = None
+                return Failure(400, "bad_request", str(exc))
+            except GalleryError as exc:
+                # Most likely another writer saved in between: start again from disk.
+                self._gallery = None
+                self.failures += 1
+                logger.warning("gallery change failed (attempt %d): %s", attempt + 1, exc)
+                if attempt == 2:
+                    return Failure(503, "gallery_unavailable", str(exc))
+            except BaseException:
+                self._gallery = None
+                self.failures += 1
+                raise
+        raise AssertionError("unreachable")
+
+    def add_sync(self, name: str, embeddings: np.ndarray, sources: list[str],
+                 content_hashes: list[str], model: dict[str, Any] | None = None
+                 ) -> WriteResult | Failure:
+        def apply(gallery):
+            if model and (model.get("model_id") != gallery.model_id
+                          or int(model.get("embedding_size", 0)) != gallery.embedding_size):
+                return Failure(409, "model_mismatch",
+                               f"the gallery of {self.index_dir} holds {gallery.embedding_size}-d "
+                               f"embeddings of model {gallery.model_id!r} but this service "
+                               f"embeds with {model.get('model_id')!r}")
+            keep = [i for i, h in enumerate(content_hashes) if not gallery.has_photo(name, h)]
+            # Also skip a photo sent twice in the same request.
+            seen, unique = set(), []
+            for i in keep:
+                if content_hashes[i] not in seen:
+                    seen.add(content_hashes[i])
+                    unique.append(i)
+            already = len(content_hashes) - len(unique)
+            if unique:
+                gallery.add(name, np.asarray(embeddings, np.float32)[unique],
+                            [sources[i] for i in unique],
+                            content_hashes=[content_hashes[i] for i in unique])
+            else:
+                from facenet_platform.index.gallery import check_name
+
+                check_name(name)
+            return WriteResult(name=name, version=gallery.version,
+                               faces=gallery.identities().get(name, 0), added=len(unique),
+                               already_enrolled=already,
+                               sources_added=[sources[i] for i in unique])
+
+        return self._change(apply, model)
+
+    def remove_sync(self, name: str) -> WriteResult | Failure:
+        def apply(gallery):
+            removed = gallery.remove(name)
+            return WriteResult(name=name, version=gallery.version, faces=0, removed=removed)
+
+        return self._change(apply, None)
+
+    async def add(self, name: str, embeddings: np.ndarray, sources: list[str],
+                  content_hashes: list[str], model: dict[str, Any] | None = None
+                  ) -> WriteResult | Failure:
+        async with self._lock:
+            return await asyncio.to_thread(self.add_sync, name, embeddings, sources,
+                                           content_hashes, model)
+
+    async def remove(self, name: str) -> WriteResult | Failure:
+        async with self._lock:
+            return await asyncio.to_thread(self.remove_sync, name)
+
+    def stats(self) -> dict[str, Any]:
+        return {"replica": _replica_id(), "writes": self.writes, "failures": self.failures}
+
+
+GalleryWriter = serve.deployment(name=WRITER, num_replicas=1)(GalleryWriterImpl)

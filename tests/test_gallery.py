@@ -1,0 +1,413 @@
+"""The gallery (FAISS + versioned Parquet), identify, and their CLI commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bad_inputs import UNREADABLE, write_bad_inputs, write_good_image
+from conftest import requires_lfw
+
+from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
+from facenet_platform.index import faiss_index as fx
+from facenet_platform.index.gallery import Gallery, GalleryError, Match, UnknownIdentityError
+from facenet_platform.index.layout import IndexLayout, read_manifest
+
+D = 512
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def people():
+    """12 synthetic identities: a unit centre each, 4 faces at ~0.3 squared L2 from it."""
+    rng = np.random.default_rng(7)
+    centres = unit(rng.normal(size=(12, D)))
+    faces = {f"person_{i:02d}": unit(centres[i] + 0.4 / np.sqrt(D) * rng.normal(size=(4, D)))
+             for i in range(12)}
+    return centres, faces
+
+
+def near(centre: np.ndarray, seed: int, scale: float = 0.4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(centre + scale * rng.normal(size=D) / np.sqrt(D))
+
+
+def make_gallery(path, people, **kwargs) -> Gallery:
+    _, faces = people
+    gallery = Gallery.create(path, **kwargs)
+    for name, emb in faces.items():
+        gallery.add(name, emb, [f"{name}/{j}.jpg" for j in range(len(emb))])
+    return gallery
+
+
+def brute_force(gallery_faces: dict[str, np.ndarray], query: np.ndarray) -> list[tuple[str, float]]:
+    best = {name: float(np.min(np.sum((emb - query) ** 2, axis=1)))
+            for name, emb in gallery_faces.items()}
+    return sorted(best.items(), key=lambda kv: kv[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Gallery
+# ---------------------------------------------------------------------------------------------
+
+def test_add_search_remove_save_load_round_trip(tmp_path, people):
+    centres, faces = people
+    gallery = make_gallery(tmp_path / "idx", people)
+    assert gallery.identities() == {name: 4 for name in faces}
+    assert gallery.version == 0 and gallery.save() == 1
+    assert gallery.index_type == "flat"
+
+    loaded = Gallery.load(tmp_path / "idx")
+    assert loaded.version == 1 and len(loaded) == 48
+    assert loaded.identities() == gallery.identities()
+    assert loaded.threshold == pytest.approx(1.1)
+    query = near(centres[3], seed=1)
+    result = loaded.search(query[None], top_k=3)[0]
+    expected = brute_force(faces, query)[:3]
+    assert [m.name for m in result] == [name for name, _ in expected]
+    assert [m.distance for m in result] == pytest.approx([d for _, d in expected], abs=1e-4)
+    assert all(isinstance(m, Match) for m in result)
+    ids_before = {row["source"]: row["id"] for row in loaded.faces()}
+
+    assert loaded.remove("person_03") == 4
+    new_ids = loaded.add("newcomer", near(centres[3], seed=2)[None], ["new.jpg"])
+    assert new_ids.tolist() == [48]  # ids are never reused
+    assert loaded.save() == 2
+
+    again = Gallery.load(tmp_path / "idx")
+    assert "person_03" not in again.identities() and again.identities()["newcomer"] == 1
+    top = again.search(query[None], top_k=2)[0]
+    assert top[0].name == "newcomer"
+    # the other faces kept their ids
+    assert {row["source"]: row["id"] for row in again.faces() if row["name"] != "newcomer"} == {
+        s: i for s, i in ids_before.items() if not s.startswith("person_03/")}
+
+
+def test_search_one_match_per_identity_sorted(tmp_path, people):
+    centres, faces = people
+    gallery = make_gallery(tmp_path / "idx", people)
+    # a crowd of faces of one person right around the query must not hide the others
+    gallery.add("crowd", np.stack([near(centres[0], seed=s, scale=0.05) for s in range(30)]))
+    queries = np.stack([near(centres[0], seed=100), near(centres[5], seed=101)])
+    results = gallery.search(queries, top_k=4)
+    assert len(results) == 2
+    for result, query in zip(results, queries):
+        names = [m.name for m in result]
+        assert len(names) == len(set(names)) == 4
+        distances = [m.distance for m in result]
+        assert distances == sorted(distances)
+        truth = brute_force({**faces, "crowd": gallery._embeddings[gallery._meta["name"] == "crowd"]},
+                            query)[:4]
+        assert names == [n for n, _ in truth]
+    assert results[0][0].name == "crowd"
+    # top_k larger than the number of people: everyone once
+    assert len(gallery.search(queries[:1], top_k=50)[0]) == 13
+
+
+def test_search_edge_cases(tmp_path, people):
+    empty = Gallery.create(tmp_path / "empty")
+    assert empty.search(np.zeros((2, D), np.float32) + 1, top_k=3) == [[], []]
+    gallery = make_gallery(tmp_path / "idx", people)
+    assert gallery.search(np.zeros((0, D), np.float32), 3) == []
+    with pytest.raises(ConfigError):
+        gallery.search(np.ones((1, 128), np.float32), 3)
+    with pytest.raises(ConfigError):
+        gallery.search(np.ones((1, D), np.float32), 0)
+    with pytest.raises(ConfigError):
+        gallery.add("unknown", np.ones((1, D)))
+    with pytest.raises(UnknownIdentityError) as err:
+        gallery.remove("nobody")
+    assert isinstance(err.value, ValueError) and "nobody" in str(err.value)
+
+
+def test_auto_index_type_above_threshold(tmp_path, people):
+    centres, faces = people
+    gallery = Gallery.create(tmp_path / "idx", auto_threshold=30)
+    for name in list(faces)[:6]:
+        gallery.add(name, faces[name])
+    gallery.save()
+    assert gallery.index_type == "flat"  # 24 faces <= 30
+    for name in list(faces)[6:]:
+        gallery.add(name, faces[name])
+    gallery.save()  # 48 faces > 30: the approximate type, with its parameters in the manifest
+    section = read_manifest(IndexLayout.open(tmp_path / "idx"))["gallery"]
+    assert section["index_type"] == fx.AUTO_APPROXIMATE == gallery.index_type
+    assert section["index_params"] == fx.get_index_type(fx.AUTO_APPROXIMATE).params(48)
+    assert section["auto_threshold"] == 30 and section["n_faces"] == 48
+    loaded = Gallery.load(tmp_path / "idx")
+    assert loaded.index_type == fx.AUTO_APPROXIMATE
+    assert loaded.search(near(centres[9], seed=3)[None], 1)[0][0].name == "person_09"
+    loaded.remove("person_09")
+    loaded.save()
+    assert "person_09" not in {m.name for m in Gallery.load(tmp_path / "idx").search(
+        near(centres[9], seed=3)[None], 5)[0]}
+
+
+@pytest.mark.parametrize("index_type, params", [("ivf", None), ("ivfpq", {"pq_m": 16, "pq_bits": 4}),
+                                                ("hnsw", {"M": 8})])
+def test_index_type_override(tmp_path, people, index_type, params):
+    centres, _ = people
+    gallery = make_gallery(tmp_path / "idx", people, index_type=index_type, index_params=params)
+    gallery.save()
+    loaded = Gallery.load(tmp_path / "idx")
+    assert loaded.index_type == index_type
+    if params:
+        assert {k: loaded.index_params[k] for k in params} == params
+    hits = loaded.search(np.stack([near(c, seed=i) for i, c in enumerate(centres)]), 1)
+    assert [h[0].name for h in hits] == [f"person_{i:02d}" for i in range(12)]
+    # removal: in place where FAISS supports it, else the index is rebuilt from the table
+    loaded.remove("person_05")
+    loaded.save()
+    again = Gallery.load(tmp_path / "idx")
+    assert again.index_type == index_type and len(again) == 44
+    assert again.search(near(centres[5], seed=5)[None], 1)[0][0].name != "person_05"
+    with pytest.raises(ConfigError):
+        Gallery.create(tmp_path / "other", index_type="nope")
+
+
+def test_registry_has_no_unknown_parameters():
+    with pytest.raises(ConfigError):
+        fx.get_index_type("hnsw").params(10, {"nprobe": 3})
+    assert set(fx.INDEX_TYPES) >= {"flat", "hnsw", "ivfpq"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_mmap_load_then_change(tmp_path, people):
+    centres, _ = people
+    make_gallery(tmp_path / "idx", people).save()
+    loaded = Gallery.load(tmp_path / "idx")
+    index_file = str(tmp_path / "idx" / "gallery" / "faiss-v1.index")
+    assert index_file in Path("/proc/self/maps").read_text()  # memory-mapped, not read
+    assert loaded.search(near(centres[1], seed=5)[None], 1)[0][0].name == "person_01"
+    # a mapped index is read-only inside FAISS: changing it must swap in a writable copy
+    loaded.add("late", near(centres[1], seed=6, scale=0.01)[None])
+    loaded.remove("person_02")
+    loaded.save()
+    final = Gallery.load(tmp_path / "idx", mmap=False)
+    assert final.search(near(centres[1], seed=6, scale=0.01)[None], 1)[0][0].name == "late"
+    assert "person_02" not in final.identities()
+
+
+def test_failed_save_leaves_previous_version_valid(tmp_path, people, monkeypatch):
+    centres, _ = people
+    gallery = make_gallery(tmp_path / "idx", people)
+    gallery.save()
+    gallery.add("intruder", near(centres[4], seed=9, scale=0.01)[None])
+
+    import faiss
+
+    def crash(index, path):  # the disk fills up half way through the index file
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", crash)
+    with pytest.raises(RuntimeError):
+        gallery.save()
+    monkeypatch.undo()
+
+    files = sorted(p.name for p in (tmp_path / "idx" / "gallery").iterdir())
+    assert "faiss-v2.index" not in files and not any(f.endswith(".tmp") for f in files)
+    survivor = Gallery.load(tmp_path / "idx")
+    assert survivor.version == 1 and "intruder" not in survivor.identities()
+    assert survivor.search(near(centres[4], seed=9)[None], 1)[0][0].name == "person_04"
+    # the writer can retry
+    assert gallery.save() == 2
+    assert Gallery.load(tmp_path / "idx").identities()["intruder"] == 1
+
+
+def test_save_refuses_a_stale_gallery_and_prunes_old_versions(tmp_path, people):
+    centres, _ = people
+    make_gallery(tmp_path / "idx", people).save()
+    first, second = Gallery.load(tmp_path / "idx"), Gallery.load(tmp_path / "idx")
+    first.add("a", near(centres[0], seed=1)[None])
+    first.save()
+    second.add("b", near(centres[0], seed=2)[None])
+    with pytest.raises(GalleryError, match="changed since it was loaded"):
+        second.save()
+    third = Gallery.load(tmp_path / "idx")
+    third.remove("a")
+    third.save()
+    names = sorted(p.name for p in (tmp_path / "idx" / "gallery").iterdir())
+    assert names == ["faces-v2.parquet", "faces-v3.parquet", "faiss-v2.index", "faiss-v3.index"]
+    with pytest.raises(GalleryError):
+        Gallery.create(tmp_path / "idx")
+
+
+def test_load_errors(tmp_path, people):
+    with pytest.raises(GalleryError, match="no gallery"):
+        Gallery.load(tmp_path / "nothing")
+    make_gallery(tmp_path / "idx", people).save()
+    (tmp_path / "idx" / "gallery" / "faiss-v1.index").write_bytes(b"garbage")
+    with pytest.raises(GalleryError, match="cannot read the FAISS index"):
+        Gallery.load(tmp_path / "idx")
+
+
+# ---------------------------------------------------------------------------------------------
+# identify
+# ---------------------------------------------------------------------------------------------
+
+def test_identified_face_dict_shape():
+    from facenet_platform.index.identify import IdentifiedFace, decide
+
+    face = IdentifiedFace(0, np.array([1.04, 2, 3, 4], np.float32), np.arange(10, dtype=np.float32).reshape(5, 2),
+                          0.987654321, "Ada", [Match("Ada", 0.5), Match("Bob", 1.5)], 1.1)
+    d = face.to_dict()
+    assert list(d) == ["box", "score", "landmarks", "decision", "matches"]
+    assert d["box"] == [1.0, 2.0, 3.0, 4.0] and d["score"] == 0.98765
+    assert d["landmarks"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
+    assert d["matches"] == [{"name": "Ada", "distance": 0.5}, {"name": "Bob", "distance": 1.5}]
+    json.dumps(d)
+    assert decide([Match("Ada", 1.1)], 1.1) == "Ada"
+    assert decide([Match("Ada", 1.1001)], 1.1) == "unknown"
+    assert decide([], 1.1) == "unknown"
+
+
+@pytest.fixture()
+def cli(monkeypatch, capsys):
+    """Run the CLI in-process; pipelines come from ``pipeline_factory`` (never built for
+    inputs that fail before embedding)."""
+    from facenet_platform import cli as cli_module
+    from facenet_platform.index import gallery_commands
+
+    def no_pipeline(args):
+        raise AssertionError("the command built a pipeline for inputs it should have rejected")
+
+    monkeypatch.setattr(gallery_commands, "build_pipeline", no_pipeline)
+
+    def run(*argv):
+        code = cli_module.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.use_pipeline = lambda p: monkeypatch.setattr(gallery_commands, "build_pipeline", lambda args: p)
+    return run
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_identify_bad_input_one_line_exit_1(cli, tmp_path, people, name):
+    make_gallery(tmp_path / "idx", people).save()
+    bad = write_bad_inputs(tmp_path / "bad")[name]
+    code, out, err = cli("identify", bad, "--index", tmp_path / "idx")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("facenet-platform: error: ")
+    assert bad.name in err and "Traceback" not in err
+
+
+def test_cli_errors_without_gallery_or_identity(cli, tmp_path, people):
+    photo = write_good_image(tmp_path / "face.jpg")
+    code, out, err = cli("identify", photo, "--index", tmp_path / "none")
+    assert code == 1 and "no gallery" in err and err.count("\n") == 1
+    make_gallery(tmp_path / "idx", people).save()
+    code, _, err = cli("index", "remove-identity", "nobody", "--index", tmp_path / "idx")
+    assert code == 1 and "nobody" in err and err.count("\n") == 1
+    code, _, err = cli("identify", photo, "--index", tmp_path / "idx", "--top-k", "0")
+    assert code == 1 and "--top-k" in err
+    code, _, err = cli("index", "enroll", tmp_path / "missing", "--index", tmp_path / "idx2")
+    assert code == 1 and "not a directory" in err
+    code, _, err = cli("index", "add-identity", "x", tmp_path / "nope.jpg", "--index", tmp_path / "idx")
+    assert code == 1 and "nope.jpg" in err
+    code, out, err = cli("index", "remove-identity", "person_01", "--index", tmp_path / "idx")
+    assert code == 0 and "removed person_01 (4 faces)" in out
+    assert code == 0 and "person_01" not in Gallery.load(tmp_path / "idx").identities()
+
+
+def test_enroll_skips_bad_and_faceless_files(cli, tmp_path, pipeline):
+    from PIL import Image
+
+    cli.use_pipeline(pipeline)
+    gallery_dir = tmp_path / "gallery"
+    (gallery_dir / "astronaut").mkdir(parents=True)
+    write_good_image(gallery_dir / "astronaut" / "1.jpg")
+    write_good_image(gallery_dir / "astronaut" / "2.png", size=(200, 250))
+    bad = write_bad_inputs(tmp_path / "bad")
+    os.symlink(bad["truncated"], gallery_dir / "astronaut" / "3.jpg")
+    (gallery_dir / "blank").mkdir()
+    Image.fromarray(np.full((120, 120, 3), 127, np.uint8)).save(gallery_dir / "blank" / "1.jpg")
+    (gallery_dir / "stray.jpg").write_bytes(b"")
+    code, out, err = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
+    assert code == 1  # files were skipped, the rest enrolled
+    assert "enrolled 2 faces of 1 people" in out and "3 files skipped" in out
+    assert "3.jpg" in err and "blank/1.jpg: no face found" in err and "stray.jpg" in err
+    assert "Traceback" not in err
+    gallery = Gallery.load(tmp_path / "idx")
+    assert gallery.identities() == {"astronaut": 2}
+    assert gallery.model_id == pipeline.embedder.model_id
+    # enrolling again adds nothing (same photos)
+    code, out, _ = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
+    assert "enrolled 0 faces" in out and "2 photos already enrolled" in out
+    assert Gallery.load(tmp_path / "idx").identities() == {"astronaut": 2}
+
+
+@requires_lfw
+def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
+    """Three LFW people, two photos each; a held-out photo is recognised, a stranger is not."""
+    cli.use_pipeline(pipeline)
+    root = lfw_root / "lfw-deepfunneled"
+    enrolled = ["Colin_Powell", "Gloria_Macapagal_Arroyo", "Serena_Williams"]
+    gallery_dir = tmp_path / "gallery"
+    for name in enrolled:
+        (gallery_dir / name).mkdir(parents=True)
+        for i in (1, 2):  # symlinks: LFW is never copied
+            os.symlink(root / name / f"{name}_{i:04d}.jpg", gallery_dir / name / f"{i}.jpg")
+    code, out, err = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
+    assert code == 0, err
+    assert "enrolled 6 faces of 3 people" in out
+
+    held_out = root / "Serena_Williams" / "Serena_Williams_0005.jpg"
+    stranger = root / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+    code, out, err = cli("identify", held_out, stranger, "--index", tmp_path / "idx", "--json",
+                         "--top-k", "2")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["path"] for r in result] == [str(held_out), str(stranger)]
+    for image in result:
+        assert set(image) == {"path", "faces"} and len(image["faces"]) >= 1
+        for face in image["faces"]:
+            assert list(face) == ["box", "score", "landmarks", "decision", "matches"]
+            assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
+            assert 1 <= len(face["matches"]) <= 2
+            assert [m["distance"] for m in face["matches"]] == sorted(m["distance"] for m in face["matches"])
+    assert result[0]["faces"][0]["decision"] == "Serena_Williams"
+    assert result[0]["faces"][0]["matches"][0]["distance"] <= 1.1
+    assert result[1]["faces"][0]["decision"] == "unknown"
+
+    code, out, _ = cli("identify", held_out, "--index", tmp_path / "idx")
+    assert code == 0 and "->  Serena_Williams" in out and "face 0" in out
+
+    # the stranger joins without a rebuild, then leaves again
+    code, out, _ = cli("index", "add-identity", "Aaron_Eckhart", root / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg",
+                       "--index", tmp_path / "idx")
+    assert code == 0 and "Aaron_Eckhart: 1 faces (+1)" in out
+    code, out, _ = cli("identify", stranger, "--index", tmp_path / "idx", "--json")
+    assert json.loads(out)[0]["faces"][0]["decision"] == "Aaron_Eckhart"
+    code, out, _ = cli("index", "remove-identity", "Aaron_Eckhart", "--index", tmp_path / "idx")
+    assert code == 0
+    code, out, _ = cli("identify", stranger, "--index", tmp_path / "idx", "--json", "--threshold", "4")
+    assert json.loads(out)[0]["faces"][0]["decision"] != "Aaron_Eckhart"
+
+
+def test_identify_faces_library(tmp_path, pipeline, astronaut):
+    from facenet_platform.index.identify import identify_faces
+
+    emb, _ = pipeline.central_faces([astronaut])
+    gallery = Gallery.create(tmp_path / "idx")
+    gallery.add("astronaut", emb)
+    blank = np.full((100, 100, 3), 127, np.uint8)
+    result = identify_faces(pipeline, gallery, [astronaut, blank], top_k=3)
+    assert len(result) == 2 and result[1] == []
+    face = result[0][0]
+    assert face.decision == "astronaut" and face.distance < 1e-3 and face.known
+    with pytest.raises(ConfigError):
+        identify_faces(pipeline, gallery, [astronaut], threshold=-1)
+    other = Gallery.create(tmp_path / "other", model_id="another-model")
+    with pytest.raises(GalleryError, match="another-model"):
+        identify_faces(pipeline, other, [astronaut])
+    assert isinstance(GalleryError("x"), FaceNetPlatformError)

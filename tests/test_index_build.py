@@ -1,0 +1,467 @@
+"""``index build`` / ``index search``: sources, stages, commits, incremental and resumed builds.
+
+The Ray tests share one local Ray (``num_cpus=2``) and one small photo folder: real faces (a few
+LFW photos when LFW is present, else the scikit-image astronaut as JPEG and PNG) in nested
+folders, every file of ``write_bad_inputs``, a junk ``.txt``, a copy of one photo, and a list file
+naming a missing file. The interrupted build runs the CLI in a subprocess attached to that Ray
+(``--address``) with a fault that kills the process right after its second commit point, then
+resumes it in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from bad_inputs import UNREADABLE, write_bad_inputs
+from conftest import REPO_ROOT, lfw_available, lfw_dir
+
+from facenet_platform.core.errors import DatasetError
+from facenet_platform.core.facetable import face_schema
+from facenet_platform.index.build import (FAULTS_ENV, BuildOptions, RayConnectionError,
+                                          build_index, check_reachable, plan_resources)
+from facenet_platform.index.collection import (CollectionStore, FILES_SCHEMA, faces_table_schema,
+                                               read_failures, read_faces, read_files)
+from facenet_platform.index.layout import IndexLayout, read_manifest
+from facenet_platform.index.sources import list_sources
+
+# Faults of the builds that are compared: one detection and one embedding failure, by path.
+FAULTS = "fail_detect_path=palette,fail_embed_path=grayscale"
+# Small batches and commits, so that a build of ~25 files commits several times.
+SMALL = dict(read_batch_size=2, detect_batch_size=4, embed_batch_size=4, commit_every_files=3)
+SMALL_ARGS = ["--read-batch-size", "2", "--detect-batch-size", "4", "--embed-batch-size", "4",
+              "--commit-every-files", "3"]
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut) -> dict:
+    """The mixed photo folder and a list file; returns paths and what to expect."""
+    root = tmp_path_factory.mktemp("collection")
+    src = root / "photos"
+    (src / "people" / "nested" / "deeper").mkdir(parents=True)
+    (src / "more").mkdir()
+    faces: list[Path] = []
+    if lfw_available():
+        base = lfw_dir() / "lfw-deepfunneled"
+        for i, name in enumerate(["Abel_Pacheco", "AJ_Cook", "Aaron_Eckhart"]):
+            for photo in sorted((base / name).glob("*.jpg"))[:2]:
+                dest = src / ("people" if i == 0 else "people/nested/deeper" if i == 1 else "more")
+                faces.append(Path(shutil.copy(photo, dest / photo.name)))
+    else:
+        Image.fromarray(astronaut).save(src / "people" / "astronaut.jpg", quality=92)
+        Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(
+            src / "people" / "nested" / "deeper" / "mirrored.png")
+        Image.fromarray(astronaut).save(src / "more" / "astronaut.webp")
+        faces = [src / "people" / "astronaut.jpg", src / "people" / "nested" / "deeper" /
+                 "mirrored.png", src / "more" / "astronaut.webp"]
+    Image.fromarray(np.full((120, 160, 3), 127, np.uint8)).save(src / "more" / "blank.png")
+    duplicate = Path(shutil.copy(faces[0], src / "more" / ("copy-of-" + faces[0].name)))
+    bad = write_bad_inputs(src / "bad")
+    (src / "notes.txt").write_text("not a photo\n")
+    (src / ".hidden.jpg").write_bytes(b"junk")
+    listing = root / "extra.txt"
+    listing.write_text(f"# explicitly listed\n{bad['non_image']}\nmissing/photo.jpg\n")
+    return {"src": src, "list": listing, "faces": faces, "bad": bad, "duplicate": duplicate,
+            "missing": str(root / "missing" / "photo.jpg")}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(weights_cache):
+    """One local Ray for the module (2 CPUs); yields its GCS address."""
+    import ray
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+def _sources(photos) -> list[str]:
+    return [str(photos["src"]), "@" + str(photos["list"])]
+
+
+@pytest.fixture(scope="module")
+def built(ray_cluster, photos, tmp_path_factory):
+    """The reference build (with FAULTS, and the detection worker killed mid-job: Ray
+    restarts the actor and retries its batch)."""
+    index = tmp_path_factory.mktemp("index-reference")
+    marker = tmp_path_factory.mktemp("marker")
+    os.environ[FAULTS_ENV] = f"{FAULTS},kill_detect_worker={marker}:2"
+    try:
+        summary = build_index(_sources(photos), index, options=BuildOptions(**SMALL))
+    finally:
+        del os.environ[FAULTS_ENV]
+    assert (marker / "kill_detect_worker.done").exists(), "the worker-kill fault did not fire"
+    return index, summary
+
+
+def _face_keys(index) -> list[tuple[str, int]]:
+    table = read_faces(index, columns=["content_hash", "face_index"])
+    return sorted(zip(table.column("content_hash").to_pylist(),
+                      table.column("face_index").to_pylist()))
+
+
+# --------------------------------------------------------------------------------------------
+# no Ray
+
+
+def test_list_sources_folders_globs_lists(photos, tmp_path):
+    src = photos["src"]
+    listing = list_sources([str(src)])
+    paths = {Path(f.path) for f in listing.files}
+    assert set(photos["faces"]) <= paths and photos["duplicate"] in paths
+    assert photos["bad"]["truncated"] in paths and photos["bad"]["huge_header"] in paths
+    assert photos["bad"]["non_image"] not in paths and src / "notes.txt" not in paths
+    assert src / ".hidden.jpg" not in paths
+    assert listing.ignored == 2  # notes.txt + the bad .txt
+    assert all(f.size >= 0 and f.mtime_ns > 0 for f in listing.files)
+
+    globbed = list_sources([str(src / "**" / "*.png")])
+    assert {Path(f.path).suffix for f in globbed.files} == {".png"}
+    assert len(globbed.files) >= 3
+
+    # @list and .txt lists: relative lines, comments, explicit non-images kept, missing kept
+    rel = tmp_path / "rel.lst"
+    rel.write_text(f"{os.path.relpath(photos['faces'][0], tmp_path)}\n\n# comment\n")
+    assert [Path(f.path) for f in list_sources([str(rel)]).files] == [photos["faces"][0]]
+    from_list = list_sources(["@" + str(photos["list"])])
+    assert [f.path for f in from_list.files] == [str(photos["bad"]["non_image"]), photos["missing"]]
+
+    # duplicates across sources listed once; the index folder itself is excluded
+    both = list_sources([str(src), str(photos["faces"][0])], exclude=str(src / "people"))
+    assert len(both.files) == len(listing.files) - sum(
+        1 for f in listing.files if f.path.startswith(str(src / "people") + "/"))
+    with pytest.raises(DatasetError, match="no such file or directory"):
+        list_sources([str(tmp_path / "nope")])
+
+
+def test_uri_sources_go_through_pyarrow_filesystems(photos, tmp_path):
+    """``file://`` URIs take the same code path as s3:// or gs:// (pyarrow filesystems)."""
+    from facenet_platform.index.stages import hash_files, read_decode
+
+    src = photos["src"]
+    uri = f"file://{src}"
+    listing = list_sources([uri])
+    local = list_sources([str(src)])
+    assert [f.path for f in listing.files] == [f"file://{f.path}" for f in local.files]
+    assert listing.ignored == local.ignored
+    assert [f.size for f in listing.files] == [f.size for f in local.files]
+    globbed = list_sources([f"{uri}/**/*.png"])
+    assert globbed.files and all(f.path.startswith("file://") and f.path.endswith(".png")
+                                 for f in globbed.files)
+
+    spaced = tmp_path / "with space.jpg"
+    shutil.copy(photos["faces"][0], spaced)
+    batch = {"path": np.array([f"file://{spaced}", f"file://{tmp_path}/gone.jpg"], dtype=object),
+             "size": np.zeros(2, np.int64), "mtime_ns": np.zeros(2, np.int64)}
+    hashed = hash_files({"path": batch["path"]})
+    assert len(hashed["content_hash"][0]) == 64 and hashed["error"][0] == ""
+    assert hashed["content_hash"][1] == "" and "no such file" in hashed["error"][1]
+    decoded = read_decode(batch)
+    assert list(decoded["status"]) == ["ok", "failed"] and decoded["stage"][1] == "read"
+    assert decoded["image"][0].ndim == 3
+
+
+def test_faces_schema_extends_the_core_schema():
+    core, ours = face_schema(512), faces_table_schema(512)
+    assert list(ours)[:len(core)] == list(core)
+    for name in ("content_hash", "image_width", "image_height", "sharpness", "indexed_at"):
+        assert name in ours.names
+
+
+def test_plan_resources():
+    plan = plan_resources(BuildOptions(), {"CPU": 2.0})
+    assert (plan.detect_actors, plan.embed_actors, plan.embed_gpus) == (1, 1, 0.0)
+    assert plan.detect_cpus + plan.embed_cpus + plan.decode_cpus <= 2.0
+    plan = plan_resources(BuildOptions(), {"CPU": 16.0, "GPU": 2.0})
+    assert plan.embed_actors == 2 and plan.embed_gpus == 1.0 and plan.embed_batch_size == 256
+    assert plan.detect_actors >= 10
+    plan = plan_resources(BuildOptions(detect_actors=2, embed_actors=2, embed_cpus=0.5),
+                          {"CPU": 2.0})
+    assert (plan.detect_actors, plan.embed_actors, plan.embed_cpus) == (2, 2, 0.5)
+    from facenet_platform.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no GPU"):
+        plan_resources(BuildOptions(embed_gpus=1), {"CPU": 2.0})
+
+
+def test_commit_is_atomic_and_recoverable(tmp_path):
+    """Killed between the commit point and the moves: readers see the commit, recovery finishes
+    the moves; killed before the commit point: nothing is visible and staging is cleaned."""
+    store = CollectionStore(IndexLayout.open(tmp_path / "idx"))
+    row = {"path": "/p.jpg", "content_hash": "ab", "size": 1, "mtime_ns": 1, "status": "no_face",
+           "faces": 0, "image_width": 3, "image_height": 4, "indexed_at": 0, "run_id": "r"}
+    files = pa.Table.from_pylist([row], schema=FILES_SCHEMA)
+
+    class Died(Exception):
+        pass
+
+    def die(_):
+        raise Died
+
+    with pytest.raises(Died):
+        store.commit(1, "run-a", {"files": [files]}, {}, before_moves=die)
+    assert not list((tmp_path / "idx").glob("files/*.parquet"))  # not moved yet
+    assert read_files(tmp_path / "idx").num_rows == 1  # visible through the commit log
+    with pytest.raises(Died):
+        store.commit(2, "run-a", {"files": [files]}, {}, before_record=die)
+    assert read_files(tmp_path / "idx", latest=False).num_rows == 1  # not committed: invisible
+    store.recover()
+    assert len(list((tmp_path / "idx" / "files").glob("*.parquet"))) == 1
+    assert not (tmp_path / "idx" / "_collection" / "staging").exists()
+    assert read_files(tmp_path / "idx", latest=False).num_rows == 1
+
+
+def test_check_reachable_fails_fast():
+    with pytest.raises(RayConnectionError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        check_reachable("127.0.0.1:1", timeout=2)
+    with pytest.raises(RayConnectionError, match="not host:port"):
+        check_reachable("nonsense")
+
+
+def test_cli_usage_and_missing_source(tmp_path, capsys):
+    from facenet_platform.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["index", "build", str(tmp_path)])  # no --out
+    assert exc.value.code == 2
+    capsys.readouterr()
+    code = main(["index", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "idx")])
+    err = capsys.readouterr().err
+    assert code == 1 and "no such file or directory" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# stages called on batches directly (as ds.take_batch would give them)
+
+
+@pytest.mark.slow
+def test_stages_on_batches(photos, weights_cache):
+    from facenet_platform.index.stages import DetectAlign, Embed, read_decode
+
+    paths = [str(photos["faces"][0]), str(photos["bad"]["truncated"]), str(photos["src"] / "more" / "blank.png")]
+    batch = {"path": np.array(paths, dtype=object), "size": np.zeros(3, np.int64),
+             "mtime_ns": np.zeros(3, np.int64)}
+    decoded = read_decode(batch)
+    assert list(decoded["status"]) == ["ok", "failed", "ok"]
+    assert decoded["stage"][1] == "decode" and "truncated" in decoded["reason"][1]
+    assert len(decoded["content_hash"][0]) == 64
+
+    detected = DetectAlign(num_threads=1)(decoded)
+    status = list(detected["status"])
+    assert status.count("failed") == 1 and status.count("no_face") == 1 and "face" in status
+    faces = np.flatnonzero(detected["status"] == "face")
+    assert detected["crop"].shape[1:] == (160, 160, 3)
+    assert (detected["score"][faces] > 0.9).all() and (detected["sharpness"][faces] > 0).all()
+
+    embedded = Embed(batch_size=4, num_threads=1)(detected)
+    assert "crop" not in embedded and embedded["embedding"].shape == (len(status), 512)
+    norms = np.linalg.norm(embedded["embedding"][faces], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+    assert set(embedded["model_id"]) == {"facenet-20180408-102900"}
+
+
+# --------------------------------------------------------------------------------------------
+# real builds
+
+
+@pytest.mark.slow
+def test_build_records_faces_failures_and_no_faces(built, photos):
+    index, summary = built
+    listed = list_sources(_sources(photos))
+    assert summary.files_seen == len(listed.files)
+    assert summary.files_duplicate == 1
+    assert summary.files_new == summary.files_seen - 1 - 1  # the copy, the missing file
+    assert summary.files_skipped_known == 0
+    assert summary.failures_by_stage == {"read": 1, "decode": len(UNREADABLE) + 1,  # + huge
+                                         "detect": 1, "embed": 1}
+    assert summary.failures == sum(summary.failures_by_stage.values())
+    assert summary.files_no_face >= 1  # blank.png
+    assert summary.faces >= len(photos["faces"])
+    assert summary.images_per_second > 0
+
+    failures = read_failures(index).to_pandas().set_index("path")
+    bad = photos["bad"]
+    for name in UNREADABLE:
+        assert failures.loc[str(bad[name]), "stage"] == "decode"
+    assert "exceeds the limit" in failures.loc[str(bad["huge_header"]), "reason"]
+    assert failures.loc[photos["missing"], "stage"] == "read"
+    assert "no such file" in failures.loc[photos["missing"], "reason"]
+    assert failures.loc[str(bad["palette"]), "stage"] == "detect"
+    assert failures.loc[str(bad["grayscale"]), "stage"] == "embed"
+
+    files = read_files(index).to_pandas().set_index("path")
+    assert files.loc[str(photos["src"] / "more" / "blank.png"), "status"] == "no_face"
+    assert files.loc[str(bad["exif_rotated"]), "status"] == "indexed"
+    dup = files.loc[str(photos["duplicate"])]
+    assert dup["content_hash"] == files.loc[str(photos["faces"][0]), "content_hash"]
+
+    faces = read_faces(index)
+    keys = _face_keys(index)
+    assert len(keys) == len(set(keys)) == summary.faces == faces.num_rows
+    assert faces.schema.equals(faces_table_schema(512))
+    emb = np.stack(faces.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert set(faces.column("model_id").to_pylist()) == {"facenet-20180408-102900"}
+    # same content at two paths: processed once, under the path listed first
+    face_paths = set(faces.column("path").to_pylist())
+    assert len({str(photos["duplicate"]), str(photos["faces"][0])} & face_paths) == 1
+
+    section = read_manifest(IndexLayout.open(index))["collection"]
+    assert section["faces"] == summary.faces and section["model_id"] == "facenet-20180408-102900"
+    assert section["commits"] == summary.commits >= 2 and section["embedding_size"] == 512
+    # only committed, final part files; no staging left behind
+    assert not (Path(index) / "_collection" / "staging").exists()
+    assert not (Path(index) / "_collection" / "LOCK").exists()
+
+
+@pytest.mark.slow
+def test_rerun_adds_nothing(built, photos):
+    index, first = built
+    before = _face_keys(index)
+    commits = sorted((Path(index) / "_collection" / "commits").glob("*.json"))
+    summary = build_index(_sources(photos), index, options=BuildOptions(**SMALL))
+    assert summary.files_new == 0 and summary.faces == 0 and summary.commits == 0
+    assert summary.files_skipped_known == first.files_seen - 1  # all but the missing file
+    assert summary.failures_by_stage == {"read": 1}  # tried again, not logged twice
+    assert _face_keys(index) == before
+    assert sorted((Path(index) / "_collection" / "commits").glob("*.json")) == commits
+    assert read_failures(index).num_rows == first.failures
+
+
+def _cli(args, env_extra=None, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != FAULTS_ENV}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "facenet_platform", *map(str, args)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_to_the_same_index(built, photos, ray_cluster, tmp_path):
+    reference, ref_summary = built
+    index = tmp_path / "index"
+    args = ["index", "build", *_sources(photos), "--out", index, "--address", ray_cluster,
+            "--no-progress", *SMALL_ARGS]
+    killed = _cli(args, {FAULTS_ENV: f"{FAULTS},exit_after_commit=2"})
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    # died between its 2nd commit point and the moves: the record is there, the parts staged
+    commits = sorted((index / "_collection" / "commits").glob("*.json"))
+    assert len(commits) == 2
+    record = json.loads(commits[-1].read_text())
+    assert all((index / p["staged"]).exists() and not (index / p["final"]).exists()
+               for p in record["parts"])
+    partial = _face_keys(index)
+    assert len(partial) == len(set(partial)) < ref_summary.faces
+
+    # started again (in this process, same options): takes over the stale lock, finishes the
+    # interrupted moves, and processes only what was not committed
+    os.environ[FAULTS_ENV] = FAULTS
+    try:
+        summary = build_index(_sources(photos), index, options=BuildOptions(**SMALL))
+    finally:
+        del os.environ[FAULTS_ENV]
+    assert 0 < summary.files_new < ref_summary.files_new
+    assert summary.files_skipped_known > 0
+
+    keys = _face_keys(index)
+    assert keys == _face_keys(reference)  # same (content_hash, face_index) set, no duplicate
+    assert len(keys) == len(set(keys))
+    a, b = (read_faces(i).sort_by([("content_hash", "ascending"), ("face_index", "ascending")])
+            for i in (index, reference))
+    assert a.column("path").to_pylist() == b.column("path").to_pylist()
+    np.testing.assert_allclose(np.stack(a.column("embedding").to_numpy(zero_copy_only=False)),
+                               np.stack(b.column("embedding").to_numpy(zero_copy_only=False)),
+                               atol=1e-3)
+    fa, fb = (read_files(i).to_pandas().set_index("path").sort_index()[["content_hash", "status",
+                                                                       "faces"]]
+              for i in (index, reference))
+    assert fa.equals(fb)
+    ga, gb = (sorted(zip(*read_failures(i).select(["path", "stage"]).to_pydict().values()))
+              for i in (index, reference))
+    assert ga == gb
+    assert not (index / "_collection" / "staging").exists()
+
+
+def test_job_failure_is_one_clear_line():
+    """What killed a Ray job, from the exception chain Ray Data raises (an actor's creation
+    error only survives as the traceback text inside ActorDiedError)."""
+    from facenet_platform.index.build import _job_error_text
+
+    class SystemException(Exception):
+        pass
+
+    def chain():
+        try:
+            raise RuntimeError("The actor died because of an error raised in its creation task\n"
+                               "  File \"stages.py\", line 220, in __init__\n"
+                               "facenet_platform.core.errors.WeightsError: cannot load the nets")
+        except RuntimeError as exc:
+            raise SystemException() from exc
+
+    with pytest.raises(SystemException) as info:
+        chain()
+    assert _job_error_text(info.value) == "WeightsError: cannot load the nets"
+
+
+@pytest.mark.slow
+def test_cli_unreachable_address_and_summary(photos, tmp_path):
+    proc = _cli(["index", "build", photos["src"], "--out", tmp_path / "idx", "--address",
+                 "127.0.0.1:1"], timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "facenet-platform: error: cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+@pytest.mark.slow
+def test_cli_rerun_summary(built, photos, ray_cluster, capsys):
+    from facenet_platform.cli import main
+
+    index, first = built
+    code = main(["index", "build", str(photos["src"]), "--out", str(index)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"{first.files_seen - 2} seen: 0 new, {first.files_seen - 2} already indexed" in out
+    assert f"index now holds {first.faces} faces" in out
+    assert "images/s" in out and "failures: 0" in out
+
+
+@pytest.mark.slow
+def test_search_against_the_gallery(built, ray_cluster, tmp_path):
+    from facenet_platform.index.gallery import Gallery
+    from facenet_platform.index.search import SearchOptions, search_index
+
+    index, summary = built
+    faces = read_faces(index).sort_by("path")
+    emb = np.stack(faces.column("embedding").to_numpy(zero_copy_only=False))
+    gallery = Gallery.open(str(index))
+    gallery.add("first", emb[:1], [faces.column("path")[0].as_py()])
+    gallery.save()
+
+    out = tmp_path / "matches.parquet"
+    result = search_index(index, output=out, options=SearchOptions(top_k=3, progress=False))
+    assert result.faces == summary.faces and result.rows == summary.faces  # 1 identity
+    import pyarrow.parquet as pq
+
+    matches = pq.read_table(out).to_pandas()
+    assert set(matches["name"]) == {"first"} and (matches["rank"] == 0).all()
+    own = matches[matches["path"] == faces.column("path")[0].as_py()]
+    assert own["distance"].min() < 1e-3 and own["is_match"].any()
+    assert result.matched == int(matches["is_match"].sum()) >= 1
