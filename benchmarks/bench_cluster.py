@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
     ap.add_argument("--limit-people", type=int, default=None)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the people whose images are all in the cache already")
     ap.add_argument("--algorithms", nargs="+", default=sorted(cl.CLUSTERERS), choices=sorted(cl.CLUSTERERS))
     ap.add_argument("--distances", type=float, nargs="+", default=[0.7, 0.8, 0.9, 1.0, 1.1])
     ap.add_argument("--min-faces", type=int, default=2)
@@ -47,14 +49,18 @@ def main() -> int:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    people = select_people(args.lfw_dir, args.limit_people)
+    people = select_people(args.lfw_dir, args.limit_people,
+                           cached_only=args.cache if args.cached_only else None)
     data = lfw_embeddings(args.lfw_dir, people, args.cache)
     counts = {n: len(p) for n, p in people.items()}
     multi = np.array([counts[n] >= 2 for n in data.names])
     sets = {">=2 images": np.flatnonzero(multi), "all faces": np.arange(len(data.names))}
 
     print(f"command: {' '.join(sys.argv)}")
-    print(f"run: {'full LFW' if not args.limit_people else f'--limit-people {args.limit_people}'}; "
+    run = "full LFW" if not (args.limit_people or args.cached_only) else (
+        (f"--cached-only ({len(people)} people, {min(people)} .. {max(people)}) " if args.cached_only else "")
+        + (f"--limit-people {args.limit_people}" if args.limit_people else ""))
+    print(f"run: {run}; "
           f"min_faces={args.min_faces}, k={args.neighbors}; unassigned faces count as singletons")
     print()
     header = ("| faces | algorithm | max dist | clusters | unassigned | pairwise P | pairwise R "

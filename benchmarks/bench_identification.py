@@ -37,12 +37,23 @@ from facenet_platform.index.gallery import Gallery  # noqa: E402
 from facenet_platform.index.identify import decide  # noqa: E402
 
 
+def describe_run(args, people) -> str:
+    parts = []
+    if args.cached_only:
+        parts.append(f"--cached-only ({len(people)} people, {min(people)} .. {max(people)})")
+    if args.limit_people:
+        parts.append(f"--limit-people {args.limit_people}")
+    return " ".join(parts) or "full LFW"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
     ap.add_argument("--limit-people", type=int, default=None,
                     help="a random subset of people (same seed, same subset)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--cached-only", action="store_true",
+                    help="only the people whose images are all in the cache already")
     ap.add_argument("--threshold", type=float, default=PRETRAINED.threshold)
     ap.add_argument("--sweep", type=float, nargs="*", default=[0.8, 0.9, 1.0, 1.1, 1.2, 1.3])
     ap.add_argument("--index-type", default="auto")
@@ -50,7 +61,8 @@ def main() -> int:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    people = select_people(args.lfw_dir, args.limit_people)
+    people = select_people(args.lfw_dir, args.limit_people,
+                           cached_only=args.cache if args.cached_only else None)
     data = lfw_embeddings(args.lfw_dir, people, args.cache)
     embed_s = time.perf_counter() - t0
     names, paths = data.names, data.paths
@@ -93,7 +105,7 @@ def main() -> int:
 
     main_row = at(args.threshold)
     result = {
-        "run": "full LFW" if not args.limit_people else f"--limit-people {args.limit_people}",
+        "run": describe_run(args, people),
         "people": len(people), "images": len(names),
         "enrolled_people": int(enrol.sum()), "probes": int(probes.sum()),
         "strangers": int(strangers.sum()), "centre_crop_fallbacks": int((~data.found).sum()),

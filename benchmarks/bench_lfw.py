@@ -1,7 +1,8 @@
 """LFW View 2 with the pretrained model: every crop method x flip mode x backend, in one run.
 
-Detection runs once per image; each crop method then embeds the same central faces, with and
-without the mirror image, so the variants differ only in what they name. Reports accuracy
+Detection runs once per image; each crop method (margin, similarity) and crop standardization
+(prewhiten, fixed) then embeds the same central faces, with and without the mirror image, so the
+variants differ only in what they name. Reports accuracy
 +- std, VAL@FAR=1e-3 +- std, AUC, EER and the selected threshold for each, plus the wall time
 and images/s of each stage.
 
@@ -60,6 +61,8 @@ def main() -> int:
     ap.add_argument("--alignments", nargs="+", default=["margin", "similarity"])
     ap.add_argument("--backends", nargs="+", default=["keras-fp32"],
                     help="embedding backends; the first is the reference")
+    ap.add_argument("--standardizations", nargs="+", default=["prewhiten", "fixed"],
+                    help="crop standardizations; the first is used for the other backends")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -83,32 +86,37 @@ def main() -> int:
     model = load_pretrained_model()
     rows, timings = [], {}
     for backend in args.backends:
-        embedder = FaceEmbedder(model, backend=backend, batch_size=args.batch_size)
-        for method, method_crops in crops.items():
-            if backend != args.backends[0] and method != PRETRAINED.alignment:
-                continue  # other backends: only the default crop
-            t = time.perf_counter()
-            plain = embedder(method_crops)
-            mirrored = embedder(np.ascontiguousarray(method_crops[:, :, ::-1]))
-            seconds = time.perf_counter() - t
-            timings[f"{backend}/{method}"] = {"seconds": seconds,
-                                              "images_per_second": 2 * len(paths) / seconds}
-            variants = {"none": plain, "mean": l2_normalize(plain + mirrored),
-                        "concat": l2_normalize(np.concatenate([plain, mirrored], axis=1))}
-            for flip, emb in variants.items():
-                report = evaluate_verification(squared_distances(emb[idx1], emb[idx2]),
-                                               pairs.issame, pairs.folds)
-                row = {"backend": backend, "alignment": method, "flip": flip,
-                       **{k: v for k, v in report.to_dict().items()
-                          if k in ("accuracy", "accuracy_std", "val", "val_std", "far", "auc",
-                                   "eer", "threshold")}}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for standardization in args.standardizations:
+            if backend != args.backends[0] and standardization != args.standardizations[0]:
+                continue  # other backends: only the first standardization
+            embedder = FaceEmbedder(model, backend=backend, batch_size=args.batch_size,
+                                    standardization=standardization)
+            for method, method_crops in crops.items():
+                if backend != args.backends[0] and method != PRETRAINED.alignment:
+                    continue  # other backends: only the default crop
+                t = time.perf_counter()
+                plain = embedder(method_crops)
+                mirrored = embedder(np.ascontiguousarray(method_crops[:, :, ::-1]))
+                seconds = time.perf_counter() - t
+                timings[f"{backend}/{standardization}/{method}"] = {
+                    "seconds": seconds, "images_per_second": 2 * len(paths) / seconds}
+                variants = {"none": plain, "mean": l2_normalize(plain + mirrored),
+                            "concat": l2_normalize(np.concatenate([plain, mirrored], axis=1))}
+                for flip, emb in variants.items():
+                    report = evaluate_verification(squared_distances(emb[idx1], emb[idx2]),
+                                                   pairs.issame, pairs.folds)
+                    row = {"backend": backend, "standardization": standardization,
+                           "alignment": method, "flip": flip,
+                           **{k: v for k, v in report.to_dict().items()
+                              if k in ("accuracy", "accuracy_std", "val", "val_std", "far", "auc",
+                                       "eer", "threshold")}}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
 
-    print("\n| backend | alignment | flip | accuracy | VAL@FAR=1e-3 | AUC | EER | threshold |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| backend | standardization | alignment | flip | accuracy | VAL@FAR=1e-3 | AUC | EER | threshold |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['alignment']} | {r['flip']} | {r['accuracy']:.5f} +- "
+        print(f"| {r['backend']} | {r['standardization']} | {r['alignment']} | {r['flip']} | {r['accuracy']:.5f} +- "
               f"{r['accuracy_std']:.5f} | {r['val']:.5f} +- {r['val_std']:.5f} | {r['auc']:.4f} | "
               f"{r['eer']:.4f} | {r['threshold']:.4f} |")
     print(f"\ndetect+align {detect_s:.1f} s for {len(paths)} images; embedding timings: "

@@ -97,12 +97,20 @@ def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = D
     )
 
 
-def select_people(lfw_dir: Path, limit_people: int | None, seed: int = 0) -> dict[str, list[Path]]:
-    """Every LFW person, or a random subset of ``limit_people`` people (same seed, same subset)
-    drawn so that the ratio of people with one image and with several stays as in LFW."""
-    from facenet_platform.core.lfw import list_identities
+def select_people(lfw_dir: Path, limit_people: int | None, seed: int = 0, *,
+                  cached_only: Path | None = None) -> dict[str, list[Path]]:
+    """Every LFW person, or a random subset of ``limit_people`` people (same seed, same subset).
+
+    With ``cached_only`` (a cache file), only the people all of whose images are already in that
+    cache (an interrupted full run embeds people in alphabetical order)."""
+    from facenet_platform.core.lfw import image_root, list_identities
 
     people = list_identities(lfw_dir, min_images=1)
+    if cached_only is not None:
+        cached = set(_load(cached_only))
+        root = image_root(lfw_dir)
+        people = {n: ps for n, ps in people.items()
+                  if all(p.relative_to(root).as_posix() in cached for p in ps)}
     if not limit_people or limit_people >= len(people):
         return people
     rng = np.random.default_rng(seed)

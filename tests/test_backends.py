@@ -144,6 +144,14 @@ def test_onnx_files_are_cached_and_reused(pretrained_model, onnx_cache, eval_x, 
     assert not list(first.parent.glob(".*"))  # no temporary files left behind
 
 
+def test_onnx_threads_follow_omp_num_threads(pretrained_model, onnx_cache, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert create_runner("onnx-fp32", pretrained_model, 2, _options()).threads == 1
+    threads = create_runner("onnx-fp32", pretrained_model, 2,
+                            RunnerOptions(model_id=PRETRAINED.model_id, threads=2)).threads
+    assert threads == 2
+
+
 @pytest.mark.slow
 def test_onnx_int8_reuses_cached_model_without_calibration(pretrained_model, onnx_cache,
                                                            calibration_x, monkeypatch):

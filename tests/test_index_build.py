@@ -230,6 +230,59 @@ def test_commit_is_atomic_and_recoverable(tmp_path):
     assert read_files(tmp_path / "idx", latest=False).num_rows == 1
 
 
+def _output_batch(rows: list[dict]) -> dict:
+    """An Embed-stage output batch (see stages.py) from a few rows."""
+    dim = 512
+    base = {"path": "", "content_hash": "", "size": 1, "mtime_ns": 1, "status": "face",
+            "stage": "", "reason": "", "width": 10, "height": 20, "n_faces": 0,
+            "face_index": -1, "score": 0.9, "sharpness": 50.0, "model_id": "facenet-20180408-102900"}
+    rows = [{**base, **r} for r in rows]
+    batch = {k: np.array([r[k] for r in rows], dtype=object if isinstance(base[k], str) else None)
+             for k in base}
+    batch["box"] = np.zeros((len(rows), 4), np.float32)
+    batch["landmarks"] = np.zeros((len(rows), 10), np.float32)
+    emb = np.zeros((len(rows), dim), np.float32)
+    emb[:, 0] = 1.0
+    batch["embedding"] = emb
+    return batch
+
+
+def test_committer_assembles_files_across_batches(tmp_path):
+    """Faces of one file split over two batches, a batch delivered twice (task retry), failed,
+    face-less and unreadable files: each file committed once, whole."""
+    from facenet_platform.index.build import _Committer
+
+    store = CollectionStore(IndexLayout.open(tmp_path / "idx"))
+    committer = _Committer(store, "20260101T000000Z-abcdef12", 1, BuildOptions(), {}, {},
+                           None, None)
+    split_a = [{"path": "/a.jpg", "content_hash": "a", "n_faces": 3, "face_index": i}
+               for i in (2, 0)]
+    split_b = [{"path": "/a.jpg", "content_hash": "a", "n_faces": 3, "face_index": 1}]
+    whole = [{"path": "/b.jpg", "content_hash": "b", "n_faces": 1, "face_index": 0}]
+    others = [{"path": "/c.jpg", "content_hash": "c", "status": "no_face"},
+              {"path": "/d.jpg", "content_hash": "d", "status": "failed", "stage": "decode",
+               "reason": "truncated", "width": 0, "height": 0},
+              {"path": "/e.jpg", "status": "failed", "stage": "read", "reason": "gone"},
+              {"path": "/f.jpg", "status": "failed", "stage": "read", "reason": "gone too"}]
+    committer.add_output(_output_batch(split_a + whole + others))
+    assert "a" in committer.partial and committer.counts["faces"] == 1
+    committer.add_output(_output_batch(whole + split_b))  # b again: a retried task
+    committer.maybe_commit(force=True)
+
+    faces = read_faces(tmp_path / "idx")
+    assert list(zip(faces.column("content_hash").to_pylist(),
+                    faces.column("face_index").to_pylist())) == [("a", 0), ("a", 1), ("a", 2),
+                                                                 ("b", 0)]
+    files = read_files(tmp_path / "idx").to_pandas().set_index("path")
+    assert files["status"].to_dict() == {"/a.jpg": "indexed", "/b.jpg": "indexed",
+                                         "/c.jpg": "no_face", "/d.jpg": "failed"}
+    assert files.loc["/a.jpg", "faces"] == 3 and np.isnan(files.loc["/d.jpg", "image_width"])
+    failures = read_failures(tmp_path / "idx").to_pandas()
+    assert sorted(zip(failures["path"], failures["stage"])) == [
+        ("/d.jpg", "decode"), ("/e.jpg", "read"), ("/f.jpg", "read")]
+    assert committer.counts["failed_read"] == 2 and committer.counts["with_faces"] == 2
+
+
 def test_check_reachable_fails_fast():
     with pytest.raises(RayConnectionError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         check_reachable("127.0.0.1:1", timeout=2)

@@ -45,6 +45,8 @@ __all__ = [
     "crop_with_margin",
     "derive_template",
     "prewhiten",
+    "fixed_standardization",
+    "STANDARDIZATIONS",
     "select_central_face",
     "similarity_template",
 ]
@@ -307,6 +309,25 @@ def prewhiten(crops: np.ndarray) -> np.ndarray:
     # Statistics in float64, arithmetic in float32: no float64 copy of the whole batch.
     out = (batch - mean.astype(np.float32)) * (1.0 / std_adj).astype(np.float32)
     return out[0] if single else out
+
+
+def fixed_standardization(crops: np.ndarray) -> np.ndarray:
+    """davidsandberg's ``--use_fixed_image_standardization``: ``(x - 127.5) / 128`` as float32.
+
+    The 2018 checkpoints (20180402-114759, 20180408-102900) were trained with this instead of
+    :func:`prewhiten`.
+    """
+    x = np.asarray(crops)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"standardization expects (N, S, S, 3) or (S, S, 3), got shape {x.shape}.")
+    return (x.astype(np.float32) - np.float32(127.5)) * np.float32(1.0 / 128.0)
+
+
+#: Crop standardizations by name: uint8 crops -> float32 network input.
+STANDARDIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "prewhiten": prewhiten,
+    "fixed": fixed_standardization,
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -62,7 +63,8 @@ class RunnerOptions:
     Attributes:
         jit_compile: Keras backends: compile the forward pass with XLA (None: the backend's
             default, see :data:`KERAS_JIT_DEFAULT`).
-        threads: ONNX Runtime intra-op threads (None: one per physical core).
+        threads: ONNX Runtime intra-op threads. None: ``$OMP_NUM_THREADS`` when set (Ray sets
+            it to the CPUs of each task or actor), else one per physical core.
         ort_spinning: let ONNX Runtime's idle worker threads spin. Off by default: on a machine
             shared with other processes (Ray workers, other services) spinning burns about half
             the CPU time for nothing and halved throughput at batch 1 in our measurements.
@@ -196,7 +198,8 @@ def ensure_onnx_int8(model, options: RunnerOptions = RunnerOptions()) -> Path:
         if not built:
             raise ConfigError(
                 f"backend 'onnx-int8' has no quantized model for {model.name} in {directory} "
-                "yet: pass calibration crops (a few hundred real aligned faces) the first time"
+                "yet: the first time, pass a few hundred aligned face crops to calibrate on "
+                "(FaceEmbedder(..., calibration_crops=crops) or RunnerOptions(calibration=...))"
             )
         logger.info("onnx-int8: no calibration crops given, using %s", built[-1])
         return built[-1]
@@ -204,6 +207,11 @@ def ensure_onnx_int8(model, options: RunnerOptions = RunnerOptions()) -> Path:
     if not path.is_file():
         quantize_int8(ensure_onnx_fp32(model, options), path, options.calibration)
     return path
+
+
+def _env_threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 class OnnxRunner:
@@ -215,12 +223,14 @@ class OnnxRunner:
 
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = threads or _env_threads()
         if threads:
-            session_options.intra_op_num_threads = int(threads)
+            session_options.intra_op_num_threads = threads
         session_options.add_session_config_entry("session.intra_op.allow_spinning",
                                                  "1" if spinning else "0")
         self.path = Path(path)
         self.batch_size = int(batch_size)
+        self.threads = threads  # None: ONNX Runtime's default
         self._session = ort.InferenceSession(str(path), session_options,
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name

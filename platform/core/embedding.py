@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from .alignment import prewhiten
+from .alignment import STANDARDIZATIONS, prewhiten
 from .backends import DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner
 from .errors import ConfigError, ImageError
 from .weights import PRETRAINED, read_frozen_graph
@@ -62,6 +62,9 @@ class FaceEmbedder:
         backend: numerics of the forward pass, a name in
             :data:`facenet_platform.core.backends.BACKENDS` (``"keras-fp32"``, ``"keras-bf16"``,
             ``"onnx-fp32"``, ``"onnx-int8"``); an unknown name raises :class:`ConfigError`.
+        standardization: how uint8 crops become network input, a name in
+            :data:`~facenet_platform.core.alignment.STANDARDIZATIONS` (``"prewhiten"``: per-image
+            mean/std; ``"fixed"``: ``(x - 127.5) / 128``); None: the pretrained model's.
         calibration_crops: ``onnx-int8`` only: ``(N, S, S, 3) uint8`` aligned crops of real
             faces (a few hundred) to calibrate the quantization on. Needed the first time for a
             model; later the cached quantized model is reused when none are given.
@@ -78,12 +81,19 @@ class FaceEmbedder:
         threshold: float | None = None,
         backend: str = DEFAULT_BACKEND,
         calibration_crops: np.ndarray | None = None,
+        standardization: str | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if flip not in FLIP_MODES:
             raise ConfigError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         check_backend(backend)
+        standardization = standardization or PRETRAINED.standardization
+        if standardization not in STANDARDIZATIONS:
+            raise ConfigError(f"standardization must be one of {sorted(STANDARDIZATIONS)}, "
+                              f"got {standardization!r}")
+        self.standardization = standardization
+        self._standardize = STANDARDIZATIONS[standardization]
         if model is None:
             from .weights import load_pretrained_model
 
@@ -101,7 +111,7 @@ class FaceEmbedder:
         self.backend = backend
         calibration = None
         if calibration_crops is not None:
-            calibration = prewhiten(_check_crops(calibration_crops, self.input_size))
+            calibration = self._standardize(_check_crops(calibration_crops, self.input_size))
         self._runner = create_runner(
             backend, model, self.batch_size,
             RunnerOptions(jit_compile=jit_compile, model_id=self.model_id, calibration=calibration),
@@ -137,7 +147,7 @@ class FaceEmbedder:
         out = np.empty((len(crops), self.embedding_size), np.float32)
         # Prewhiten one batch at a time: memory stays bounded by the batch size, whatever N is.
         for start in range(0, len(crops), self.batch_size):
-            x = prewhiten(crops[start:start + self.batch_size])
+            x = self._standardize(crops[start:start + self.batch_size])
             emb = self._run(x)
             if self.flip != "none":
                 mirrored = self._run(np.ascontiguousarray(x[:, :, ::-1]))

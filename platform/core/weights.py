@@ -59,6 +59,7 @@ class PretrainedModel:
     embedding_size: int
     margin: int
     alignment: str
+    standardization: str
     # Squared-Euclidean distance at or under which two faces are the same person: the
     # threshold the LFW 10-fold protocol selects on all 6,000 View 2 pairs for this model with
     # the default pipeline (benchmarks/bench_lfw.py; see benchmarks/RESULTS.md).
@@ -73,6 +74,7 @@ PRETRAINED = PretrainedModel(
     embedding_size=512,
     margin=32,
     alignment="margin",
+    standardization="prewhiten",
     threshold=1.1,
 )
 

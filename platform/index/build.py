@@ -266,7 +266,8 @@ class BuildSummary:
     failures (files that could not even be hashed). ``failures`` counts files of this run that
     failed at any stage (they are recorded; the build still succeeds). ``images_per_second`` is
     ``files_new / seconds`` (whole call, Ray start-up included); ``pipeline_seconds`` times the
-    Ray Data job alone.
+    Ray Data job alone, ``first_result_seconds`` until its first output batch (actor start-up:
+    model loading dominates it), which finished ``first_result_files`` files.
     """
 
     files_seen: int = 0
@@ -282,6 +283,8 @@ class BuildSummary:
     files_with_faces: int = 0
     failures_by_stage: dict[str, int] = field(default_factory=dict)
     pipeline_seconds: float = 0.0
+    first_result_seconds: float = 0.0
+    first_result_files: int = 0
     commits: int = 0
     run_id: str = ""
     index_dir: str = ""
@@ -294,6 +297,7 @@ class BuildSummary:
         out = asdict(self)
         out["seconds"] = round(self.seconds, 3)
         out["pipeline_seconds"] = round(self.pipeline_seconds, 3)
+        out["first_result_seconds"] = round(self.first_result_seconds, 3)
         out["images_per_second"] = round(self.images_per_second, 3)
         return out
 
@@ -495,11 +499,12 @@ class _Committer:
                               f"embeddings, this build computes {dim}-d ones")
 
     def _add_file(self, content_hash: str, rows: np.ndarray, batch: dict, status: np.ndarray) -> None:
+        if content_hash == "":  # could not be read in the second pass (one row per file)
+            for i in rows:
+                self.add_read_failure(str(batch["path"][i]), str(batch["reason"][i]))
+            return
         first = int(rows[0])
         path = str(batch["path"][first])
-        if content_hash == "":  # could not be read in the second pass
-            self.add_read_failure(path, str(batch["reason"][first]))
-            return
         if content_hash in self.done:
             return  # a retried task delivered it twice: already taken
         size, mtime = int(batch["size"][first]), int(batch["mtime_ns"][first])
@@ -525,15 +530,22 @@ class _Committer:
                          _FileState(STATUS_NO_FACE, 0, width, height))
             return
         n_faces = int(batch["n_faces"][first])
-        got = self.partial.setdefault(content_hash, {})
-        for i in rows:
-            got[int(batch["face_index"][i])] = {c: batch[c][i] for c in _FACE_COLUMNS}
-        if len(got) < n_faces:
-            return  # the rest of this file's faces come in another batch
-        del self.partial[content_hash]
-        face_rows = [got[j] for j in range(n_faces)]
-        self.faces.append({c: np.stack([np.asarray(r[c]) for r in face_rows])
-                           for c in _FACE_COLUMNS})
+        face_index = np.asarray(batch["face_index"])[rows]
+        if content_hash not in self.partial and len(rows) == n_faces \
+                and len(np.unique(face_index)) == n_faces:
+            # the usual case: all the file's faces in this batch
+            take = rows[np.argsort(face_index, kind="stable")]
+            self.faces.append({c: np.asarray(batch[c])[take] for c in _FACE_COLUMNS})
+        else:
+            got = self.partial.setdefault(content_hash, {})
+            for i in rows:
+                got[int(batch["face_index"][i])] = {c: batch[c][i] for c in _FACE_COLUMNS}
+            if len(got) < n_faces:
+                return  # the rest of this file's faces come in another batch
+            del self.partial[content_hash]
+            face_rows = [got[j] for j in range(n_faces)]
+            self.faces.append({c: np.stack([np.asarray(r[c]) for r in face_rows])
+                               for c in _FACE_COLUMNS})
         self.n_ready_faces += n_faces
         self.counts["faces"] += n_faces
         self.counts["with_faces"] += 1
@@ -832,7 +844,12 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy",
                                              prefetch_batches=1):
+                    first = not summary.first_result_seconds
+                    if first:
+                        summary.first_result_seconds = time.monotonic() - t
                     committer.add_output(batch)
+                    if first:
+                        summary.first_result_files = len(committer.done)
             except FaceNetPlatformError:
                 raise
             except Exception as exc:  # Ray wraps what killed the job; say it in one line

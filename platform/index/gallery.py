@@ -139,7 +139,9 @@ class Gallery:
         self.auto_threshold = int(auto_threshold)
         self.version = 0
         self._next_id = 0
-        self._meta = _empty_meta()
+        self._meta_rows = _empty_meta()
+        self._pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []  # added, not merged
+        self._photos: set[tuple[str, str]] | None = None  # (name, content_hash), built lazily
         self._embeddings: np.ndarray | None = np.zeros((0, self.embedding_size), np.float32)
         self._faces_file: str | None = None       # current Parquet version (lazy embeddings)
         self._index = None                          # faiss IndexIDMap2 or None (empty / to build)
@@ -150,6 +152,26 @@ class Gallery:
         self._trained_on = 0                        # vectors the current index was trained on
         self._needs_rebuild = False
         self._dirty = False
+        self._refresh_lookup()
+
+    @property
+    def _meta(self) -> dict[str, np.ndarray]:
+        """Row metadata sorted by id (pending additions merged first)."""
+        if self._pending:
+            self._merge_pending()
+        return self._meta_rows
+
+    @_meta.setter
+    def _meta(self, value: dict[str, np.ndarray]) -> None:
+        self._meta_rows = value
+
+    def _merge_pending(self) -> None:
+        """Concatenate the rows added since the last merge (once, not per add)."""
+        pending, self._pending = self._pending, []
+        self._ensure_embeddings()
+        self._meta_rows = {k: np.concatenate([self._meta_rows[k], *(m[k] for m, _ in pending)])
+                           for k in self._meta_rows}
+        self._embeddings = np.concatenate([self._embeddings, *(e for _, e in pending)])
         self._refresh_lookup()
 
     # -- construction ------------------------------------------------------------------------
@@ -292,6 +314,7 @@ class Gallery:
 
     def identities(self) -> dict[str, int]:
         """``{name: number of enrolled faces}``, names sorted."""
+        self._meta  # noqa: B018 - merges pending additions
         return {name: int(n) for name, n in zip(self._names, self._counts)}
 
     def faces(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -314,7 +337,7 @@ class Gallery:
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         queries = fx.as_unit_rows(embeddings, self.embedding_size, "query embeddings")
-        n_queries, n = len(queries), len(self)
+        n_queries, n = len(queries), len(self)  # len() merges pending additions
         if n_queries == 0 or n == 0:
             return [[] for _ in range(n_queries)]
         index = self._search_index()
@@ -372,7 +395,6 @@ class Gallery:
                               f"{len(hashes)} content hashes")
         if n == 0:
             return np.zeros(0, np.int64)
-        self._ensure_embeddings()
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         now = np.datetime64(int(time.time()), "s")
         new = {
@@ -383,14 +405,14 @@ class Gallery:
             "model_id": np.array([self.model_id] * n, object),
             "added_at": np.full(n, now, "datetime64[s]"),
         }
-        self._meta = {k: np.concatenate([self._meta[k], new[k]]) for k in self._meta}
-        self._embeddings = np.concatenate([self._embeddings, vectors])
+        self._pending.append((new, vectors))
+        if self._photos is not None:
+            self._photos.update((name, h) for h in hashes if h is not None)
         self._next_id += n
         if self._index is not None and not self._needs_rebuild:
             self._make_index_writable()
         if self._index is not None and not self._needs_rebuild:
             fx.add_batched(self._index, vectors, ids)
-        self._refresh_lookup()
         self._dirty = True
         return ids
 
@@ -414,12 +436,16 @@ class Gallery:
             else:
                 self._needs_rebuild = True
         self._refresh_lookup()
+        self._photos = None
         self._dirty = True
         return removed
 
     def has_photo(self, name: str, content_hash: str) -> bool:
         """Whether a photo with this content hash is already enrolled under ``name``."""
-        return bool(np.any((self._meta["name"] == name) & (self._meta["content_hash"] == content_hash)))
+        if self._photos is None:
+            meta = self._meta
+            self._photos = {(n, h) for n, h in zip(meta["name"], meta["content_hash"]) if h is not None}
+        return (name, content_hash) in self._photos
 
     def save(self) -> int:
         """Write a new version (Parquet + FAISS index, then the manifest); returns its number.
@@ -432,6 +458,7 @@ class Gallery:
             raise GalleryError(f"the gallery of {self.layout.root} changed since it was loaded "
                                f"(version {current}, loaded {self.version}); load it again and "
                                f"repeat the change")
+        self._meta  # noqa: B018 - merges pending additions (and loads the saved embeddings)
         self._ensure_embeddings()
         self._update_index()
         version = self.version + 1
@@ -503,7 +530,7 @@ class Gallery:
         ids = table.column("id").to_numpy()
         emb = _embedding_matrix(table.column("embedding"), self.embedding_size)
         order = np.argsort(ids, kind="stable")
-        if not np.array_equal(ids[order], self._meta["id"]):
+        if not np.array_equal(ids[order], self._meta_rows["id"]):  # the saved rows only
             raise GalleryError(f"{self._faces_file}: ids differ from the loaded gallery")
         self._embeddings = emb[order]
 
@@ -587,6 +614,7 @@ class Gallery:
                             logger.warning("could not delete old gallery file %s: %s", info.path, exc)
 
     def __repr__(self) -> str:
+        self._meta  # noqa: B018 - merges pending additions
         return (f"Gallery({self.layout.root!r}, v{self.version}, {len(self)} faces, "
                 f"{len(self._names)} identities, index={self._index_type})")
 

@@ -57,6 +57,10 @@ class ModelConfig:
     folded_batch_norm: bool | None = None
     dropout_keep_prob: float = 0.8
     weight_decay: float = 0.0
+    #: momentum of the batch-norm moving statistics (None: the network's 0.995, meant for
+    #: 100k-step runs; short runs from scratch need ~0.99 or the statistics used at validation
+    #: and export lag far behind the weights)
+    batch_norm_momentum: float | None = None
     #: ``none``; ``stem`` (the convolutions before the first block); ``all_but_last`` (everything
     #: except the last ``trainable_blocks`` blocks, counting the bottleneck as one).
     freeze: Literal["none", "stem", "all_but_last"] = "none"
@@ -409,6 +413,9 @@ def resolve(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     _check(0.0 < m.dropout_keep_prob <= 1.0, where,
            f"model.dropout_keep_prob must be in (0, 1], got {m.dropout_keep_prob}")
     _check(m.weight_decay >= 0, where, f"model.weight_decay must be >= 0, got {m.weight_decay}")
+    if m.batch_norm_momentum is not None:
+        _check(0.0 < m.batch_norm_momentum < 1.0, where,
+               f"model.batch_norm_momentum must be in (0, 1), got {m.batch_norm_momentum}")
     _check(m.trainable_blocks >= 1, where,
            f"model.trainable_blocks must be >= 1, got {m.trainable_blocks}")
     _check(m.width > 0, where, f"model.width must be > 0, got {m.width}")

@@ -222,6 +222,10 @@ def build_model(cfg: ModelConfig, *, load_pretrained: bool = True) -> keras.Mode
         )
     else:  # pragma: no cover - config validation rejects it
         raise ValueError(f"unknown architecture {cfg.architecture!r}")
+    if cfg.batch_norm_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = float(cfg.batch_norm_momentum)
     if cfg.pretrained and load_pretrained:
         load_pretrained_into(model)
     trainable = apply_freeze(model, cfg.freeze, cfg.trainable_blocks)

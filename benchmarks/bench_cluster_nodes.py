@@ -1,0 +1,149 @@
+"""Index build on one node vs two nodes of a local Ray cluster (cluster/local_cluster.py).
+
+Both clusters have the same logical CPUs in total (default 2) on the same machine: "one node" is
+a head with all of them, "two nodes" a head and a worker node with half each. The build is the
+real CLI submitted as a Ray job (``facenet-platform index build @list --out ... --json``) with
+the default resource plan (on 2 CPUs: one detection and one embedding actor of 0.75 CPU, decode
+tasks of 0.25): on two 1-CPU nodes the two actors cannot share a node, so every face crop crosses
+between the nodes' object stores. Same cores, so no speedup is expected: the figure is the cost
+of the second node (object transfer, a second raylet, scheduling).
+
+Reported per cluster: images/s over the pipeline (``pipeline_seconds`` of the build summary:
+Ray Data from the first read to the last commit, actor start-up included), the whole job's wall
+time (submission to SUCCEEDED: driver start, listing, Ray Data start-up, commits), and the nodes
+the actors ran on. Images: the first N of LFW (sorted by person), else variants of the
+scikit-image astronaut.
+
+    FACENET_PLATFORM_CACHE=/tmp/fpcache .venv/bin/python benchmarks/bench_cluster_nodes.py --images 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "cluster"))
+
+from local_cluster import LocalCluster  # noqa: E402
+
+CLI = str(Path(sys.executable).parent / "facenet-platform")
+
+
+def images(n: int, lfw: Path, tmp: Path) -> tuple[list[str], str]:
+    root = lfw / "lfw-deepfunneled"
+    if root.is_dir():
+        out: list[str] = []
+        for person in sorted(root.iterdir()):
+            out += sorted(str(p) for p in person.glob("*.jpg"))
+            if len(out) >= n:
+                break
+        return out[:n], f"LFW (first {n} images by person)"
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    img = data.astronaut()
+    out = []
+    for i in range(n):
+        crop = img[i:i + 400, i:i + 400].astype(np.int16) + (i % 7) - 3
+        path = tmp / f"astro_{i:03d}.jpg"
+        cv2.imwrite(str(path), np.clip(crop, 0, 255).astype(np.uint8)[..., ::-1])
+        out.append(str(path))
+    return out, f"{n} astronaut variants"
+
+
+def run(cluster: LocalCluster, listing: Path, out: Path, extra: list[str]) -> dict:
+    from ray.job_submission import JobStatus
+    from ray.util.state import list_actors
+
+    client = cluster.job_client()
+    entry = f"{CLI} index build @{listing} --out {out} --no-progress --json {' '.join(extra)}"
+    t = time.perf_counter()
+    sid = client.submit_job(entrypoint=entry, runtime_env={"env_vars": dict(cluster.env)})
+    while client.get_job_status(sid) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                             JobStatus.STOPPED):
+        time.sleep(1)
+    wall = time.perf_counter() - t
+    logs = client.get_job_logs(sid)
+    if client.get_job_status(sid) != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"job failed:\n{logs[-4000:]}")
+    summary = None
+    for pos in sorted([i + 1 for i in range(len(logs)) if logs.startswith("\n{", i)] + [0],
+                      reverse=True):
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(logs, pos)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "files_new" in obj:
+            summary = obj
+            break
+    if summary is None:
+        raise RuntimeError(f"no summary in the job's output:\n{logs[-3000:]}")
+    job_id = client.get_job_info(sid).job_id
+    actors = list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
+                         detail=True, limit=10_000, raise_on_missing_output=False)
+    roles = {nid: role for role, n in cluster.nodes.items() for nid in [n.node_id]}
+    placed = sorted(f"{'detect' if 'DetectAlign' in a.class_name else 'embed'}@{roles.get(a.node_id, '?')}"
+                    for a in actors if "DetectAlign" in a.class_name or "Embed" in a.class_name)
+    return {"summary": summary, "job_wall_s": wall, "actors": placed}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=32)
+    ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of each cluster in total")
+    ap.add_argument("--lfw-dir", type=Path,
+                    default=Path(os.environ.get("LFW_DIR", REPO.parent / "shared/datasets/lfw")))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    if args.cpus < 2:
+        ap.error("--cpus must be >= 2 (two nodes get half each)")
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("FACENET_")}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
+        tmp = Path(tmp)
+        files, what = images(args.images, args.lfw_dir, tmp)
+        listing = tmp / "list.txt"
+        listing.write_text("\n".join(files) + "\n")
+        half = args.cpus // 2
+        for name, head, worker in (("1 node", args.cpus, 0),
+                                   ("2 nodes", args.cpus - half, half)):
+            c = LocalCluster(head_cpus=head, worker_cpus=worker, env=env)
+            os.environ["RAY_AUTH_MODE"] = c.auth_mode
+            t = time.perf_counter()
+            with c:
+                start_s = time.perf_counter() - t
+                r = run(c, listing, tmp / f"index_{worker}", [])
+            s = r["summary"]
+            rows.append({"cluster": name, "cpus": f"{head}" + (f" + {worker}" if worker else ""),
+                         "images": s["files_new"], "faces": s["faces"],
+                         "pipeline_s": s["pipeline_seconds"],
+                         "images_per_s": s["files_new"] / s["pipeline_seconds"],
+                         "build_s": s["seconds"], "job_wall_s": r["job_wall_s"],
+                         "cluster_start_s": start_s, "actors": r["actors"]})
+
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"images: {what}; default resource plan; same machine ({os.cpu_count()} cores) for both")
+    print()
+    print("| cluster | logical CPUs | images | faces | pipeline s | images/s | build s | job wall s "
+          "| actors (role@node) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['cluster']} | {r['cpus']} | {r['images']} | {r['faces']} | "
+              f"{r['pipeline_s']:.1f} | {r['images_per_s']:.2f} | {r['build_s']:.1f} | "
+              f"{r['job_wall_s']:.1f} | {', '.join(r['actors'])} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""A local multi-node Ray cluster on one machine: a head node and one worker node.
+
+It is a real two-raylet cluster (two ``ray start`` calls sharing one GCS), with the job server
+(dashboard) on the head, so ``ray job submit`` / :class:`ray.job_submission.JobSubmissionClient`,
+``serve deploy`` and actor placement across nodes behave as on a real cluster. Both nodes share
+this machine's cores: it shows placement and overheads, never a speedup.
+
+Other people's Ray instances may run on the same machine. This module therefore
+
+- picks free ports for everything Ray would otherwise open at a fixed default (GCS, dashboard,
+  Ray client server, dashboard agent, node manager, object manager, metrics, runtime env agent),
+- keeps all its state in its own ``--temp-dir`` (a short path: Ray's Unix sockets live there),
+- and stops **only its own processes**: those whose command line names its temp dir or its GCS
+  address (SIGTERM, then SIGKILL after a grace period). It never runs ``ray stop``, which
+  would stop every Ray of this user on the machine.
+
+Command line::
+
+    python cluster/local_cluster.py up --head-cpus 2 --worker-cpus 2   # prints the addresses
+    python cluster/local_cluster.py down --temp-dir /tmp/fpr_XXXXX      # stops that cluster
+    python cluster/local_cluster.py check                               # up, show nodes, down
+
+In Python (tests)::
+
+    with LocalCluster(head_cpus=2, worker_cpus=2) as c:
+        c.job_client().submit_job(entrypoint="python -m facenet_platform.train --config ...")
+
+The worker node has the custom resource ``{"worker_node": 1}`` and the label
+``facenet/node-role=worker``; the head has ``{"head_node": 1}`` and ``facenet/node-role=head``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+LABEL_KEY = "facenet/node-role"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    here = Path(sys.executable).parent / "ray"
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+@dataclass
+class NodeInfo:
+    role: str
+    node_id: str
+    resources: dict[str, float]
+    labels: dict[str, str]
+
+
+@dataclass
+class LocalCluster:
+    """Start a head and one worker node on this machine; stop exactly those processes.
+
+    Args:
+        head_cpus, worker_cpus: logical CPUs of each node (``--num-cpus``).
+        worker_cpus: 0 starts the head only (a one-node cluster, for comparisons).
+        head_resources, worker_resources: extra custom resources (added to the role markers
+            ``head_node`` / ``worker_node``).
+        env: extra environment variables of the Ray processes (inherited by every worker
+            process and job, e.g. ``FACENET_PLATFORM_CACHE``).
+        object_store_mb: object store size per node (small: the machine is shared).
+        temp_dir: Ray's root temp dir (default: a fresh short ``/tmp/fpr_*``).
+        keep_temp: leave the temp dir (logs) after :meth:`stop`.
+    """
+
+    head_cpus: int = 2
+    worker_cpus: int = 2
+    head_resources: dict[str, float] = field(default_factory=dict)
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    object_store_mb: int = 300
+    temp_dir: str | None = None
+    keep_temp: bool = False
+    start_timeout_s: float = 120.0
+    #: RAY_AUTH_MODE of the cluster and its jobs ("disabled": a local test cluster)
+    auth_mode: str = "disabled"
+
+    # filled by start()
+    port: int = 0
+    dashboard_port: int = 0
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    _started: bool = False
+    _made_temp: bool = False
+
+    # -- addresses --------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """GCS address (``ray.init(address=...)``, ``--address`` of the CLI)."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """Job server / dashboard / Serve REST API (``ray job submit --address``, ``serve deploy -a``)."""
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def head_node_id(self) -> str:  # noqa: D102
+        return self.nodes["head"].node_id
+
+    @property
+    def worker_node_id(self) -> str:
+        return self.nodes["worker"].node_id
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("RAY_ADDRESS", None)
+        env.update(self.env)
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray 2.5x+ turns token auth on for a new head when ~/.ray/auth_token exists (other
+        # clusters on this machine may have made one) and a joining node may then not present
+        # it: pick one mode explicitly for all our processes and their clients.
+        env["RAY_AUTH_MODE"] = self.auth_mode
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # ray start's own CLI and the processes it launches must use this venv's Python.
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        return env
+
+    # -- start / stop ---------------------------------------------------------------------------
+
+    def _common_args(self) -> list[str]:
+        return [
+            "--node-ip-address", HOST,
+            "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
+            "--node-manager-port", str(free_port()),
+            "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+            "--disable-usage-stats",
+        ]
+
+    def _run(self, args: list[str]) -> str:
+        proc = subprocess.run([_ray_bin(), "start", *args], env=self.process_env(),
+                              capture_output=True, text=True, timeout=self.start_timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed (exit {proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc.stdout + proc.stderr
+
+    def start(self) -> "LocalCluster":
+        if self._started:
+            return self
+        if self.temp_dir is None:
+            self.temp_dir = tempfile.mkdtemp(prefix="fpr_", dir="/tmp")
+            self._made_temp = True
+        self.port = self.port or free_port()
+        self.dashboard_port = self.dashboard_port or free_port()
+        self._started = True  # from here on, stop() cleans up whatever did start
+        try:
+            head_res = {"head_node": 1, **self.head_resources}
+            self._run(["--head", "--port", str(self.port),
+                       "--dashboard-port", str(self.dashboard_port),
+                       "--dashboard-host", HOST, "--include-dashboard=true",
+                       "--ray-client-server-port", str(free_port()),
+                       "--temp-dir", self.temp_dir,
+                       "--num-cpus", str(self.head_cpus), "--num-gpus", "0",
+                       "--resources", json.dumps(head_res),
+                       "--labels", f"{LABEL_KEY}=head",
+                       *self._common_args()])
+            worker_res = {"worker_node": 1, **self.worker_resources}
+            if self.worker_cpus > 0:
+                self._run(["--address", self.address,
+                           "--num-cpus", str(self.worker_cpus), "--num-gpus", "0",
+                           "--resources", json.dumps(worker_res),
+                           "--labels", f"{LABEL_KEY}=worker",
+                           *self._common_args()])
+            self._wait_nodes()
+            self._wait_job_server()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        from ray._raylet import GcsClient
+
+        client = GcsClient(address=self.address)
+        out = []
+        for node_id, info in client.get_all_node_info(timeout=10).items():
+            if info.state == 0:  # ALIVE
+                out.append({"node_id": node_id.hex(),
+                            "resources": dict(info.resources_total),
+                            "labels": dict(info.labels)})
+        return out
+
+    def _wait_nodes(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                nodes = self._alive_nodes()
+            except Exception as exc:  # GCS not ready yet
+                last = exc
+                time.sleep(1)
+                continue
+            found: dict[str, NodeInfo] = {}
+            for n in nodes:
+                for role in ("head", "worker"):
+                    if n["resources"].get(f"{role}_node"):
+                        found[role] = NodeInfo(role, n["node_id"], n["resources"], n["labels"])
+            if len(found) == (2 if self.worker_cpus > 0 else 1):
+                self.nodes = found
+                return
+            last = nodes
+            time.sleep(1)
+        raise TimeoutError(f"the two nodes did not register in {self.start_timeout_s:.0f} s: {last}")
+
+    def _wait_job_server(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"the job server at {self.dashboard_url} did not answer")
+
+    def own_pids(self) -> list[int]:
+        """PIDs of this cluster's processes (command line names our temp dir or GCS address)."""
+        marks = []
+        if self.temp_dir:
+            marks.append(re.compile(re.escape(self.temp_dir.encode()) + rb"(/|\s|$)"))
+        if self.port:  # the GCS address may be spelled with the machine's IP, not 127.0.0.1
+            marks += [re.compile(rb"gcs[-_]address[= ][^ ]*:%d\b" % self.port),
+                      re.compile(rb"gcs_server_port=%d\b" % self.port)]
+        me = os.getpid()
+        roots, parent = set(), {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            pid = int(entry.name)
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                parent[pid] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if any(m.search(cmdline) for m in marks):
+                roots.add(pid)
+        # Ray's workers and agents rename themselves (ray::IDLE, ray::RayTrainWorker, ...):
+        # they are found as descendants of the processes that name our temp dir / GCS.
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        found, stack = set(), list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid in found or pid == me:
+                continue
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+        return sorted(found)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop only this cluster's processes: SIGTERM, then SIGKILL what is left."""
+        if not self._started:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            pids = self.own_pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while pids and time.monotonic() < deadline:
+                pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+                time.sleep(0.2)
+            if not pids:
+                break
+        self._started = False
+        if self._made_temp and not self.keep_temp and self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def job_client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)
+
+    def describe(self) -> dict[str, Any]:
+        return {"address": self.address, "dashboard": self.dashboard_url,
+                "temp_dir": self.temp_dir,
+                "nodes": {r: {"node_id": n.node_id, "resources": n.resources,
+                              "labels": {k: v for k, v in n.labels.items()
+                                         if k.startswith("facenet/")}}
+                          for r, n in self.nodes.items()}}
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["up", "down", "check"])
+    ap.add_argument("--head-cpus", type=int, default=2)
+    ap.add_argument("--worker-cpus", type=int, default=2)
+    ap.add_argument("--temp-dir", default=None, help="for down: the temp dir printed by up")
+    ap.add_argument("--port", type=int, default=0, help="for down: the GCS port printed by up")
+    args = ap.parse_args(argv)
+    if args.action == "down":
+        if not args.temp_dir:
+            ap.error("down needs --temp-dir (printed by up)")
+        c = LocalCluster(temp_dir=args.temp_dir, port=args.port)
+        c._started = True
+        pids = c.own_pids()
+        c.stop()
+        print(f"stopped {len(pids)} processes of {args.temp_dir}")
+        return 0
+    c = LocalCluster(head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
+                     env={k: v for k, v in os.environ.items()
+                          if k.startswith("FACENET_")},
+                     keep_temp=args.action == "up")
+    t = time.perf_counter()
+    c.start()
+    info = c.describe()
+    info["start_s"] = round(time.perf_counter() - t, 1)
+    print(json.dumps(info, indent=2))
+    if args.action == "up":
+        print(f"\nexport RAY_ADDRESS={c.address}   # ray job submit --address {c.dashboard_url}")
+        print(f"stop it: python {sys.argv[0]} down --temp-dir {c.temp_dir} --port {c.port}")
+        return 0
+    t = time.perf_counter()
+    c.stop()
+    left = c.own_pids()
+    print(f"stopped in {time.perf_counter() - t:.1f} s; processes left: {len(left)}")
+    return 0 if not left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Jobs on a local two-node Ray cluster (cluster/local_cluster.py): a head and a worker node.
+
+Both jobs go through the job server (``JobSubmissionClient``, what ``ray job submit`` uses) and
+run the real entry points:
+
+- ``python -m facenet_platform.train --config tiny.yaml`` with 2 workers that must land on
+  different nodes (each worker asks for one ``train_slot``; each node has exactly one), and
+  writes a checkpoint;
+- ``facenet-platform index build @list.txt --out INDEX`` over a few dozen LFW images (generated
+  variants of the scikit-image astronaut when LFW is absent), whose detection and embedding
+  actors need more CPUs than one node has, so they use both nodes; the Parquet faces table
+  has one row per (content_hash, face_index), none missing or twice.
+
+Node placement is read back from the state API (actors of the job, with their node ids).
+The machine is shared: the cluster is small (2 + 2 logical CPUs) and everything is tiny.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "cluster"))
+
+from local_cluster import LocalCluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PY = sys.executable
+CLI = str(Path(sys.executable).parent / "facenet-platform")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cache = os.environ.get("FACENET_PLATFORM_CACHE") or str(tmp_path_factory.mktemp("fpcache"))
+    env = {"FACENET_PLATFORM_CACHE": cache}
+    for key in ("LFW_DIR", "FACENET_MAX_PIXELS"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    c = LocalCluster(head_cpus=2, worker_cpus=2, env=env,
+                     head_resources={"train_slot": 1}, worker_resources={"train_slot": 1})
+    c.start()
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = c.auth_mode  # our clients (state API) speak the same mode
+    try:
+        yield c
+    finally:
+        c.stop()
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old
+
+
+def run_job(cluster: LocalCluster, entrypoint: str, timeout_s: float = 900) -> tuple[str, str]:
+    """Submit through the job server, wait, return (submission_id, logs); fail with the logs."""
+    from ray.job_submission import JobStatus
+
+    client = cluster.job_client()
+    sid = client.submit_job(entrypoint=entrypoint,
+                            runtime_env={"env_vars": dict(cluster.env)})
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        status = client.get_job_status(sid)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(2)
+    logs = client.get_job_logs(sid)
+    if status != JobStatus.SUCCEEDED:
+        client.stop_job(sid)
+        pytest.fail(f"job {sid} ended {status}:\n{logs[-6000:]}")
+    return sid, logs
+
+
+def job_actors(cluster: LocalCluster, sid: str) -> list[dict]:
+    """Every actor the job created (alive or dead), with class name and node id."""
+    from ray.util.state import list_actors
+
+    job_id = cluster.job_client().get_job_info(sid).job_id
+    actors = list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
+                         limit=10_000, detail=True, raise_on_missing_output=False)
+    return [{"class_name": a.class_name, "node_id": a.node_id, "state": a.state}
+            for a in actors]
+
+
+def last_json(logs: str, key: str) -> dict:
+    """The last JSON object printed at the start of a line that has ``key`` (worker log lines
+    streamed to the driver may follow it)."""
+    decoder = json.JSONDecoder()
+    starts = [m.start() + 1 for m in re.finditer(r"\n\{", logs)] + [0]
+    for pos in sorted(starts, reverse=True):
+        try:
+            obj, _ = decoder.raw_decode(logs, pos)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and key in obj:
+            return obj
+    raise AssertionError(f"no JSON with {key!r} in the job's output:\n{logs[-3000:]}")
+
+
+def test_cluster_has_two_nodes(cluster):
+    assert cluster.head_node_id != cluster.worker_node_id
+    assert cluster.nodes["worker"].resources.get("worker_node") == 1
+    assert cluster.nodes["worker"].labels.get("facenet/node-role") == "worker"
+    assert cluster.nodes["head"].labels.get("facenet/node-role") == "head"
+
+
+# ------------------------------------------------------------------------------------------
+# training job
+
+
+def _face_folder(root: Path, people: int = 6, per_person: int = 4, size: int = 48) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(people):
+        (root / f"p{i}").mkdir(parents=True)
+        colour = rng.integers(40, 215, size=3)
+        for j in range(per_person):
+            stripes = 60 * np.sin((xx * (i + 1) + yy * (j % 2 + 1)) / 6.0 + rng.uniform(0, 1))
+            img = colour[None, None, :] + stripes[..., None] + rng.normal(0, 12, (size, size, 3))
+            cv2.imwrite(str(root / f"p{i}" / f"p{i}_{j + 1:04d}.jpg"),
+                        np.clip(img, 0, 255).astype(np.uint8)[..., ::-1])
+
+
+TINY_TRAIN = """\
+# tiny 2-worker run for the cluster test: one worker per node (train_slot), no validation
+model: {architecture: inception_resnet_v1_scaled, pretrained: false, input_size: 32,
+        embedding_size: 16, width: 0.125, repeats: [1, 0, 0]}
+data: {root: %(root)s, min_images_per_person: 2, people_per_batch: 4, images_per_person: 2,
+       resize: 36}
+loss: {name: triplet, margin: 0.2, mining: semihard}
+optimizer: {learning_rate: 0.001}
+train: {epochs: 1, steps_per_epoch: 2}
+scaling: {num_workers: 2, resources_per_worker: {CPU: 1, train_slot: 1}}
+run: {storage_path: %(runs)s, name: cluster-tiny, max_failures: 0, num_to_keep: 1,
+      ray_address: auto}
+"""
+
+
+def test_train_job_spans_both_nodes(cluster, tmp_path):
+    _face_folder(tmp_path / "faces")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_TRAIN % {"root": tmp_path / "faces", "runs": tmp_path / "runs"})
+    sid, logs = run_job(cluster, f"{PY} -m facenet_platform.train --config {config} --json")
+    result = last_json(logs, "latest_checkpoint")
+    ckpt = Path(result["latest_checkpoint"])
+    assert (ckpt / "model.keras").is_file() and (ckpt / "config.yaml").is_file()
+    workers = [a for a in job_actors(cluster, sid) if "TrainWorker" in a["class_name"]]
+    nodes = {a["node_id"] for a in workers}
+    assert len(workers) == 2, workers
+    assert nodes == {cluster.head_node_id, cluster.worker_node_id}, workers
+
+
+# ------------------------------------------------------------------------------------------
+# index build job
+
+
+def _images(tmp_path: Path, n: int = 24) -> list[str]:
+    from conftest import lfw_available, lfw_dir
+
+    if lfw_available():
+        root = lfw_dir() / "lfw-deepfunneled"
+        out = []
+        for person in sorted(root.iterdir()):
+            out += sorted(str(p) for p in person.glob("*.jpg"))
+            if len(out) >= n:
+                return out[:n]
+        return out
+    import cv2
+    from skimage import data
+
+    img = data.astronaut()
+    (tmp_path / "photos").mkdir()
+    out = []
+    for i in range(n):  # distinct content: shifted crops with a brightness change
+        crop = img[i:i + 400, i:i + 400].astype(np.int16) + (i % 7) - 3
+        path = tmp_path / "photos" / f"astro_{i:03d}.jpg"
+        cv2.imwrite(str(path), np.clip(crop, 0, 255).astype(np.uint8)[..., ::-1])
+        out.append(str(path))
+    return out
+
+
+def test_index_build_job_spans_both_nodes(cluster, tmp_path):
+    from facenet_platform.index.collection import read_faces, read_files
+
+    images = _images(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(images) + "\n")
+    index = tmp_path / "index"
+    # 3 one-CPU actors + decode tasks on 2 + 2 CPUs: both nodes get actors
+    entry = (f"{CLI} index build @{listing} --out {index} --detect-actors 1 --embed-actors 2 "
+             f"--detect-cpus 1 --embed-cpus 1 --embed-batch-size 16 --no-progress --json")
+    sid, logs = run_job(cluster, entry)
+    summary = last_json(logs, "files_new")
+    assert summary["files_new"] == len(images) and summary["failures"] == 0, summary
+
+    actors = [a for a in job_actors(cluster, sid)
+              if "DetectAlign" in a["class_name"] or "Embed" in a["class_name"]]
+    assert {a["node_id"] for a in actors} == {cluster.head_node_id, cluster.worker_node_id}, actors
+
+    faces = read_faces(index, columns=["path", "content_hash", "face_index", "embedding"])
+    keys = list(zip(faces.column("content_hash").to_pylist(),
+                    faces.column("face_index").to_pylist()))
+    assert len(keys) == len(set(keys)) == summary["faces"] > 0
+    emb = np.stack(faces.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+    files = read_files(index)
+    assert set(files.column("path").to_pylist()) == set(images)
+    assert list(Path(index, "faces").glob("**/*.parquet"))
+
+
+# ------------------------------------------------------------------------------------------
+# serve deploy of the generated Serve config
+
+
+def test_serve_deploy_of_the_generated_config_identifies(cluster, tmp_path):
+    """`facenet-platform serve-config` -> `serve deploy` to the cluster -> enroll -> identify."""
+    import subprocess
+
+    import requests
+    import yaml
+
+    from conftest import lfw_available, lfw_dir
+    from local_cluster import free_port
+
+    if not lfw_available():
+        pytest.skip(f"LFW not found at {lfw_dir()}")
+    photos = lfw_dir() / "lfw-deepfunneled"
+    people = {n: [photos / n / f"{n}_{i:04d}.jpg" for i in (1, 2)]
+              for n in ("Serena_Williams", "Colin_Powell")}
+    port = free_port()
+    config = tmp_path / "serve.yaml"
+    subprocess.run([CLI, "serve-config", "--index", str(tmp_path / "index"), "--no-jit",
+                    "--host", "127.0.0.1", "--port", str(port), "-o", str(config)], check=True)
+    doc = yaml.safe_load(config.read_text())
+    assert doc["applications"][0]["import_path"] == "facenet_platform.serve.app:build_app"
+    # one machine: a proxy on each of our two nodes would bind the same port twice
+    doc["proxy_location"] = "HeadOnly"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, **cluster.env, "RAY_AUTH_MODE": cluster.auth_mode}
+    serve_bin = str(Path(sys.executable).parent / "serve")
+    subprocess.run([serve_bin, "deploy", "-a", cluster.dashboard_url, str(config)],
+                   check=True, env=env, timeout=300)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            try:
+                ready = requests.get(f"{url}/healthz", timeout=10).status_code == 200
+            except requests.RequestException:
+                pass
+            if not ready:
+                time.sleep(3)
+        assert ready, subprocess.run([serve_bin, "status", "-a", cluster.dashboard_url],
+                                     capture_output=True, text=True, env=env).stdout
+        for name, (first, _) in people.items():
+            r = requests.post(f"{url}/v1/identities/{name}/faces", timeout=300,
+                              files=[("file", ("a.jpg", first.read_bytes()))])
+            assert r.status_code == 201, r.text
+        for name, (_, second) in people.items():
+            r = requests.post(f"{url}/v1/identify", timeout=300,
+                              files={"file": ("b.jpg", second.read_bytes())})
+            assert r.status_code == 200, r.text
+            assert r.json()["faces"][0]["decision"] == name, r.json()
+    finally:
+        subprocess.run([serve_bin, "shutdown", "-y", "-a", cluster.dashboard_url],
+                       env=env, timeout=120)
