@@ -85,7 +85,13 @@ def current_lr(optimizer) -> float:
 
 
 def _np(v) -> np.ndarray:
-    return np.asarray(v.value if hasattr(v, "value") else v)
+    """A Keras or tf.Variable's value as a NumPy array (tf.Variable.value is a method)."""
+    return np.asarray(v.numpy())
+
+
+def _opt_name(v) -> str:
+    """``adam_1/Bottleneck_kernel_momentum`` -> ``Bottleneck_kernel_momentum``."""
+    return v.path.split("/", 1)[-1]
 
 
 def save_checkpoint(directory: Path, cfg: TrainConfig, model, optimizer, head, centers,
@@ -94,7 +100,8 @@ def save_checkpoint(directory: Path, cfg: TrainConfig, model, optimizer, head, c
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
     cfg.save(directory / CONFIG_FILE)
-    arrays = {f"opt/{v.path}": _np(v) for v in optimizer.variables}
+    # optimizer variables in order, named without the optimizer's own (uniquified) prefix
+    arrays = {f"opt/{i:05d}/{_opt_name(v)}": _np(v) for i, v in enumerate(optimizer.variables)}
     if head is not None:
         arrays["head/kernel"] = _np(head.kernel)
         arrays["head/bias"] = _np(head.bias)
@@ -111,11 +118,12 @@ def restore_checkpoint(directory: Path, model, optimizer, head, centers) -> dict
     path = directory / TRAIN_STATE_FILE
     if path.is_file():
         arrays = np.load(path)
-        saved = {k[4:]: arrays[k] for k in arrays.files if k.startswith("opt/")}
-        live = {v.path: v for v in optimizer.variables}
-        if set(saved) == set(live) and all(saved[k].shape == tuple(live[k].shape) for k in saved):
-            for k, v in live.items():
-                v.assign(saved[k])
+        saved = sorted(k for k in arrays.files if k.startswith("opt/"))
+        live = list(optimizer.variables)
+        if ([k.split("/", 2)[2] for k in saved] == [_opt_name(v) for v in live]
+                and all(arrays[k].shape == tuple(v.shape) for k, v in zip(saved, live))):
+            for k, v in zip(saved, live):
+                v.assign(arrays[k])
         else:
             logger.warning("optimizer state in %s does not match this run's trainable variables; "
                            "starting the optimizer afresh", directory)
