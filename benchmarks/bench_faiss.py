@@ -12,7 +12,8 @@ each approximate type of ``platform/index/faiss_index.py`` is built with the reg
 parameters for that size (or ``--param``), then searched with a sweep of its search-time knob
 (efSearch / nprobe). recall@1: the approximate top hit is the exact top hit; recall@10: the share
 of the exact top 10 found in the approximate top 10. Queries/s at batch 1 (one query per call,
-a loop) and batch 256. Every index is wrapped in ``IndexIDMap2`` as the gallery uses it.
+a loop, one thread) and batch 256 (``--threads``), per wall second and per CPU second (on a
+shared machine the wall figure depends on the others' load). Every index is wrapped in ``IndexIDMap2`` as the gallery uses it.
 
     .venv/bin/python benchmarks/bench_faiss.py --sizes 10000 100000 1000000 --json benchmarks/out/faiss.json
     .venv/bin/python benchmarks/bench_faiss.py --sizes 100000 --data uniform
@@ -66,7 +67,21 @@ def synthetic(n: int, n_queries: int, kind: str, noise: float, faces_per_id: int
 def qps(index, xq: np.ndarray, batch: int, k: int, budget_s: float) -> tuple[float, float]:
     """``(queries per wall second, queries per CPU second of this process)`` searching ``xq`` in
     batches of ``batch`` (stops after ``budget_s`` of wall time). On a shared machine the wall
-    figure depends on the other load; the CPU figure is the work per query (all threads)."""
+    figure depends on the other load; the CPU figure is the work per query (all threads).
+    Batch 1 runs on one thread (a server answers single queries side by side; OpenMP threads
+    spinning on one query only burn CPU), batch 256 on ``--threads``."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    if batch == 1:
+        faiss.omp_set_num_threads(1)
+    try:
+        return _qps(index, xq, batch, k, budget_s)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _qps(index, xq: np.ndarray, batch: int, k: int, budget_s: float) -> tuple[float, float]:
     index.search(xq[:min(batch, 16)], k)  # warm-up
     done, t0, c0 = 0, time.perf_counter(), time.process_time()
     while done < len(xq):

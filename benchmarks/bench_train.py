@@ -244,14 +244,18 @@ def bench_fault(args) -> dict:
     t0 = time.perf_counter()
     thread.start()
     killed = None
-    while thread.is_alive() and killed is None:
-        time.sleep(2)
+    def checkpointed_epochs() -> list[int]:
         done = []
         for state in run_dir.glob("checkpoint_*/state.json"):
             try:
                 done.append(json.loads(state.read_text())["epoch"])
             except (OSError, ValueError):
                 pass
+        return done
+
+    while thread.is_alive() and killed is None:
+        time.sleep(1)
+        done = checkpointed_epochs()
         if done and max(done) >= args.kill_after_epoch:
             time.sleep(args.kill_delay)  # into the next epoch
             workers = {pid: cmd for pid, cmd in _descendants(os.getpid()).items()
@@ -259,12 +263,13 @@ def bench_fault(args) -> dict:
             if not workers:
                 continue
             pid = sorted(workers)[-1]
+            latest = max(checkpointed_epochs())
             os.kill(pid, signal.SIGKILL)
-            killed = {"pid": pid, "cmdline": workers[pid].strip(), "after_epoch": max(done),
+            killed = {"pid": pid, "cmdline": workers[pid].strip(), "last_checkpoint_epoch": latest,
                       "at_s": time.perf_counter() - t0}
             print(f"killed training worker pid {pid} ({workers[pid].strip()[:60]}) "
-                  f"{killed['at_s']:.0f} s into the run, after the checkpoint of epoch "
-                  f"{max(done)}", flush=True)
+                  f"{killed['at_s']:.0f} s into the run, during epoch {latest + 1} (last "
+                  f"checkpoint: epoch {latest})", flush=True)
     thread.join()
     if "error" in box:
         raise box["error"]
@@ -294,7 +299,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12, help="throughput: steps to time")
     ap.add_argument("--kill-after-epoch", type=int, default=2, help="fault: kill once this "
                     "epoch's checkpoint exists")
-    ap.add_argument("--kill-delay", type=float, default=5.0,
+    ap.add_argument("--kill-delay", type=float, default=2.0,
                     help="fault: seconds to wait after that checkpoint before killing")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")

@@ -41,10 +41,28 @@ class LfwEmbeddings:
         return LfwEmbeddings(self.paths[idx], self.names[idx], self.embeddings[idx], self.found[idx])
 
 
+def pipeline_config() -> str:
+    """What the cached embeddings depend on (the default pipeline's settings), as JSON."""
+    import json
+
+    from facenet_platform.core.weights import PRETRAINED
+
+    return json.dumps({"model_id": PRETRAINED.model_id, "alignment": PRETRAINED.alignment,
+                       "margin": PRETRAINED.margin,
+                       "standardization": getattr(PRETRAINED, "standardization", "prewhiten"),
+                       "face": "central, centre crop when none"}, sort_keys=True)
+
+
 def _load(cache: Path) -> dict[str, tuple[np.ndarray, bool]]:
+    """The cached embeddings, or nothing when the cache is missing or was computed with other
+    pipeline settings (it is then recomputed and overwritten)."""
     if not cache.is_file():
         return {}
     with np.load(cache, allow_pickle=False) as z:
+        config = str(z["config"]) if "config" in z.files else None
+        if config != pipeline_config():
+            logger.warning("%s was computed with other settings (%s); recomputing", cache, config)
+            return {}
         return {str(p): (e, bool(f)) for p, e, f in zip(z["paths"], z["embeddings"], z["found"])}
 
 
@@ -53,7 +71,7 @@ def _save(cache: Path, store: dict[str, tuple[np.ndarray, bool]]) -> None:
     paths = sorted(store)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
     np.savez(tmp, paths=np.array(paths), embeddings=np.stack([store[p][0] for p in paths]),
-             found=np.array([store[p][1] for p in paths]))
+             found=np.array([store[p][1] for p in paths]), config=np.array(pipeline_config()))
     tmp.replace(cache)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facenet_platform.core.weights import PRETRAINED
+
 from bad_inputs import UNREADABLE, write_bad_inputs, write_good_image
 from conftest import requires_lfw
 
@@ -68,7 +70,7 @@ def test_add_search_remove_save_load_round_trip(tmp_path, people):
     loaded = Gallery.load(tmp_path / "idx")
     assert loaded.version == 1 and len(loaded) == 48
     assert loaded.identities() == gallery.identities()
-    assert loaded.threshold == pytest.approx(1.1)
+    assert loaded.threshold == pytest.approx(PRETRAINED.threshold)
     query = near(centres[3], seed=1)
     result = loaded.search(query[None], top_k=3)[0]
     expected = brute_force(faces, query)[:3]
@@ -257,7 +259,8 @@ def test_load_errors(tmp_path, people):
 def test_identified_face_dict_shape():
     from facenet_platform.index.identify import IdentifiedFace, decide
 
-    face = IdentifiedFace(0, np.array([1.04, 2, 3, 4], np.float32), np.arange(10, dtype=np.float32).reshape(5, 2),
+    face = IdentifiedFace(0, np.array([1.04, 2, 3, 4], np.float32),
+                          np.arange(10, dtype=np.float32).reshape(5, 2),
                           0.987654321, "Ada", [Match("Ada", 0.5), Match("Bob", 1.5)], 1.1)
     d = face.to_dict()
     assert list(d) == ["box", "score", "landmarks", "decision", "matches"]
@@ -340,6 +343,7 @@ def test_enroll_skips_bad_and_faceless_files(cli, tmp_path, pipeline):
     gallery = Gallery.load(tmp_path / "idx")
     assert gallery.identities() == {"astronaut": 2}
     assert gallery.model_id == pipeline.embedder.model_id
+    assert gallery.pipeline["standardization"] == pipeline.embedder.standardization
     # enrolling again adds nothing (same photos)
     code, out, _ = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
     assert "enrolled 0 faces" in out and "2 photos already enrolled" in out
@@ -376,15 +380,15 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
             assert 1 <= len(face["matches"]) <= 2
             assert [m["distance"] for m in face["matches"]] == sorted(m["distance"] for m in face["matches"])
     assert result[0]["faces"][0]["decision"] == "Serena_Williams"
-    assert result[0]["faces"][0]["matches"][0]["distance"] <= 1.1
+    assert result[0]["faces"][0]["matches"][0]["distance"] <= PRETRAINED.threshold
     assert result[1]["faces"][0]["decision"] == "unknown"
 
     code, out, _ = cli("identify", held_out, "--index", tmp_path / "idx")
     assert code == 0 and "->  Serena_Williams" in out and "face 0" in out
 
     # the stranger joins without a rebuild, then leaves again
-    code, out, _ = cli("index", "add-identity", "Aaron_Eckhart", root / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg",
-                       "--index", tmp_path / "idx")
+    code, out, _ = cli("index", "add-identity", "Aaron_Eckhart",
+                       root / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg", "--index", tmp_path / "idx")
     assert code == 0 and "Aaron_Eckhart: 1 faces (+1)" in out
     code, out, _ = cli("identify", stranger, "--index", tmp_path / "idx", "--json")
     assert json.loads(out)[0]["faces"][0]["decision"] == "Aaron_Eckhart"
@@ -395,7 +399,7 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
 
 
 def test_identify_faces_library(tmp_path, pipeline, astronaut):
-    from facenet_platform.index.identify import identify_faces
+    from facenet_platform.index.identify import describe_pipeline, identify_faces
 
     emb, _ = pipeline.central_faces([astronaut])
     gallery = Gallery.create(tmp_path / "idx")
@@ -410,4 +414,14 @@ def test_identify_faces_library(tmp_path, pipeline, astronaut):
     other = Gallery.create(tmp_path / "other", model_id="another-model")
     with pytest.raises(GalleryError, match="another-model"):
         identify_faces(pipeline, other, [astronaut])
+    # same model, other crop standardization: another embedding space
+    settings = {**describe_pipeline(pipeline), "standardization": "some-other"}
+    stale = Gallery.create(tmp_path / "stale", pipeline=settings)
+    with pytest.raises(GalleryError, match="standardization"):
+        identify_faces(pipeline, stale, [astronaut])
+    same = Gallery.create(tmp_path / "same", pipeline=describe_pipeline(pipeline))
+    same.add("astronaut", emb)
+    same.save()
+    assert Gallery.load(tmp_path / "same").pipeline == describe_pipeline(pipeline)
+    assert identify_faces(pipeline, Gallery.load(tmp_path / "same"), [astronaut])[0][0].known
     assert isinstance(GalleryError("x"), FaceNetPlatformError)

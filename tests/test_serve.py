@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from facenet_platform.core.weights import PRETRAINED
+
 from bad_inputs import DECODABLE, UNREADABLE, write_bad_inputs
 from conftest import lfw_available, lfw_dir
 
@@ -191,7 +193,7 @@ def test_identify_held_out_photo_and_stranger(service, lfw_gallery):
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
     assert face["decision"] == "Serena_Williams"
     assert len(face["matches"]) == 2
-    assert face["matches"][0]["distance"] <= held_out["threshold"] == 1.1
+    assert face["matches"][0]["distance"] <= held_out["threshold"] == PRETRAINED.threshold
     assert face["matches"][0]["distance"] <= face["matches"][1]["distance"]
 
     stranger = identify(service, lfw_photo("Aaron_Eckhart", 1).read_bytes())
@@ -226,10 +228,10 @@ def test_verify(service, lfw_gallery):
         return response.json()
 
     same = verify(lfw_photo("Serena_Williams", 1), lfw_photo("Serena_Williams", 5))
-    assert same["same_person"] is True and same["distance"] <= same["threshold"] == 1.1
+    assert same["same_person"] is True and same["distance"] <= same["threshold"] == PRETRAINED.threshold
     assert len(same["faces"]) == 2 and len(same["faces"][0]["landmarks"]) == 5
     different = verify(lfw_photo("Serena_Williams", 1), lfw_photo("Aaron_Eckhart", 1))
-    assert different["same_person"] is False and different["distance"] > 1.1
+    assert different["same_person"] is False and different["distance"] > PRETRAINED.threshold
     strict = verify(lfw_photo("Serena_Williams", 1), lfw_photo("Serena_Williams", 5), threshold=0)
     assert strict["same_person"] is False and strict["threshold"] == 0
 

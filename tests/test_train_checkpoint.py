@@ -55,3 +55,40 @@ def test_save_and_restore_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(centers.numpy(), centers2.numpy())
     np.testing.assert_allclose(float(opt2.learning_rate), float(opt.learning_rate))
+
+
+def test_savedmodel_export_signatures(tmp_path):
+    """The SavedModel's uint8 serving signature (prewhitening inside) and the prewhitened one
+    agree with the Keras model; load_exported picks the format by path."""
+    import cv2
+
+    from facenet_platform.core.alignment import prewhiten
+    from facenet_platform.train.config import config_from_dict
+    from facenet_platform.train.export import (SavedModelEmbedder, export_checkpoint,
+                                               load_exported, model_metadata)
+    from facenet_platform.train.loop import save_checkpoint
+
+    cfg = config_from_dict({
+        "model": {"architecture": "inception_resnet_v1_scaled", "pretrained": False,
+                  "input_size": 32, "embedding_size": 8, "width": 0.125, "repeats": [0, 0, 0]},
+        "data": {"root": str(tmp_path / "faces"), "resize": 36}})
+    model, head, opt, centers, _ = _objects(cfg)
+    save_checkpoint(tmp_path / "ckpt", cfg, model, opt, None, None, {"epoch": 1, "step": 1,
+                                                                     "history": [], "steps": []})
+    rng = np.random.default_rng(0)
+    (tmp_path / "faces").mkdir()
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / "faces" / f"{i}.png"), rng.integers(0, 255, (40, 40, 3), np.uint8))
+    report = export_checkpoint(tmp_path / "ckpt", "savedmodel", tmp_path / "sm",
+                               images=tmp_path / "faces", num_images=3)
+    assert report["difference"]["l2_max"] < 1e-5
+    assert report["serving_default_difference"]["l2_max"] < 1e-4
+    sm = load_exported(tmp_path / "sm")
+    assert isinstance(sm, SavedModelEmbedder) and sm.output_shape == (None, 8)
+    assert sm.standardization == "prewhiten"  # from the sidecar facenet_export.json
+    assert model_metadata(tmp_path / "sm")["standardization"] == "prewhiten"
+    assert model_metadata(tmp_path / "ckpt")["input_size"] == 32
+    crops = rng.integers(0, 255, (2, 32, 32, 3), np.uint8)
+    expected = np.asarray(model(prewhiten(crops), training=False))
+    np.testing.assert_allclose(sm(prewhiten(crops)), expected, atol=1e-5)
+    np.testing.assert_allclose(sm.embed_uint8(crops), expected, atol=1e-4)

@@ -31,6 +31,7 @@ def test_defaults_are_resolved():
     assert cfg.model.architecture == "inception_resnet_v1" and cfg.model.pretrained
     assert cfg.model.folded_batch_norm is True  # pretrained weights have BN folded in
     assert cfg.data.resize == 182  # davidsandberg: 182 -> random crop 160
+    assert cfg.data.standardization == "fixed"  # how 20180408-102900 was trained (core default)
     assert cfg.loss.margin == 0.2 and cfg.loss.center_alpha == 0.95
     assert cfg.scaling.threads_per_worker == 1
     assert cfg.global_batch_size == 45 * 40 and cfg.local_batch_size == 1800
@@ -42,6 +43,7 @@ def test_from_scratch_defaults_to_batch_norm_and_scaled_resize():
         "embedding_size": 128}})
     assert cfg.model.folded_batch_norm is False
     assert cfg.data.resize == 73  # round(64 * 182 / 160)
+    assert cfg.data.standardization == "prewhiten"
 
 
 def test_yaml_file_and_overrides(tmp_path):

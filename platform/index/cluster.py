@@ -37,7 +37,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -438,7 +438,6 @@ class ClusterSummary:
     sheets_written: int = 0
     table: str = ""
     sheets_dir: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -454,7 +453,7 @@ class ClusterSummary:
             f"clusters; {self.assigned} assigned, {self.unassigned} unassigned "
             f"({self.seconds:.1f} s)",
             f"cluster sizes: {hist or 'none'}; largest {self.sizes[:10]}",
-            f"parameters: " + ", ".join(f"{k}={v}" for k, v in self.params.items()),
+            "parameters: " + ", ".join(f"{k}={v}" for k, v in self.params.items()),
         ]
         if self.mode == "incremental":
             lines.append(f"new faces: {self.new_faces}, joined existing clusters: {self.joined}, "

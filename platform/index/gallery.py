@@ -116,12 +116,16 @@ class Gallery:
         index_type: ``"auto"`` or a key of :data:`~facenet_platform.index.faiss_index.INDEX_TYPES`.
         index_params: overrides of the type's parameters (``{"efSearch": 256}``).
         auto_threshold: above this many faces ``"auto"`` picks the approximate index.
+        pipeline: settings of the pipeline that embeds the faces (model, crop, standardization;
+            :func:`~facenet_platform.index.identify.describe_pipeline`), checked against the
+            pipeline of later identifications when known.
     """
 
     def __init__(self, layout: IndexLayout, *, model_id: str, embedding_size: int,
                  threshold: float | None = None, index_type: str = "auto",
                  index_params: dict[str, Any] | None = None,
-                 auto_threshold: int = fx.DEFAULT_AUTO_THRESHOLD):
+                 auto_threshold: int = fx.DEFAULT_AUTO_THRESHOLD,
+                 pipeline: dict[str, Any] | None = None):
         if index_type != "auto":
             fx.get_index_type(index_type)
         if auto_threshold < 0:
@@ -137,6 +141,7 @@ class Gallery:
         self.index_type_setting = index_type
         self.index_param_overrides = dict(index_params or {})
         self.auto_threshold = int(auto_threshold)
+        self.pipeline = dict(pipeline) if pipeline else None
         self.version = 0
         self._next_id = 0
         self._meta_rows = _empty_meta()
@@ -232,7 +237,8 @@ class Gallery:
                           threshold=section.get("threshold"),
                           index_type=section.get("index_type_setting", "auto"),
                           index_params=section.get("index_param_overrides"),
-                          auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD))
+                          auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD),
+                          pipeline=section.get("pipeline"))
             gallery.version = int(section["version"])
             gallery._next_id = int(section["next_id"])
             faces_file = layout.path(section["faces"])
@@ -484,6 +490,7 @@ class Gallery:
             "model_id": self.model_id,
             "embedding_size": self.embedding_size,
             "threshold": self._threshold,
+            "pipeline": self.pipeline,
             "next_id": self._next_id,
         })
         self.version = version

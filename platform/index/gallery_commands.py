@@ -36,8 +36,8 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("gallery_dir", type=Path, help="folder with NAME/photo.jpg for each person")
     _index_option(p)
     p.add_argument("--index-type", choices=index_types, default=None,
-                   help=f"FAISS index type (default auto: flat up to --auto-threshold faces, "
-                        f"approximate above)")
+                   help="FAISS index type (default auto: flat up to --auto-threshold faces, "
+                        "approximate above)")
     p.add_argument("--auto-threshold", type=int, default=None,
                    help=f"faces above which auto picks an approximate index "
                         f"(default {DEFAULT_AUTO_THRESHOLD})")
@@ -152,13 +152,15 @@ def _embed_photos(pipeline, items, batch_size: int):
 
 def _open_gallery(args, pipeline, **settings):
     from .gallery import Gallery
-    from .identify import check_compatible
+    from .identify import check_compatible, describe_pipeline
 
     gallery = Gallery.open(args.index_dir, model_id=pipeline.embedder.model_id,
                            embedding_size=pipeline.embedder.embedding_size,
-                           threshold=pipeline.threshold,
+                           threshold=pipeline.threshold, pipeline=describe_pipeline(pipeline),
                            **{k: v for k, v in settings.items() if v is not None})
     check_compatible(pipeline, gallery)
+    if gallery.pipeline is None:  # a gallery from before the settings were recorded
+        gallery.pipeline = describe_pipeline(pipeline)
     return gallery
 
 

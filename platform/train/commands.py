@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lfw-dir", type=Path, default=None,
                    help="folder holding the pair images (default: the pairs file's folder)")
     p.add_argument("--max-pairs", type=int, default=None, help="use only this many pairs")
+    p.add_argument("--standardization", choices=["fixed", "prewhiten"], default=None,
+                   help="the input standardisation the network was trained with (default: the "
+                        "checkpoint's config.yaml)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=cmd_export)
 
@@ -120,7 +123,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(
         args.checkpoint, args.format, args.output, images=args.images,
         num_images=args.num_images, lfw_pairs=args.lfw_pairs, lfw_dir=args.lfw_dir,
-        max_pairs=args.max_pairs,
+        max_pairs=args.max_pairs, standardization=args.standardization,
     )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -92,9 +92,11 @@ class DataConfig:
     random_flip: bool = True
     #: maximum random rotation in degrees (0 disables)
     random_rotate: float = 0.0
-    #: ``prewhiten`` (per-image, what FaceEmbedder and the exports use) or ``fixed``
-    #: ((x - 127.5) / 128)
-    standardization: Literal["prewhiten", "fixed"] = "prewhiten"
+    #: ``fixed`` ((x - 127.5) / 128, how davidsandberg trained 20180408-102900) or
+    #: ``prewhiten`` (per image); the names of ``core.alignment.STANDARDIZATIONS``. Default: the
+    #: pretrained model's (``fixed``) when fine-tuning, ``prewhiten`` from scratch. Checkpoints
+    #: and exports record it, FaceEmbedder must use the same.
+    standardization: Literal["prewhiten", "fixed"] | None = None
 
 
 @dataclass
@@ -452,6 +454,10 @@ def resolve(cfg: TrainConfig, where: str = "config") -> TrainConfig:
            f"scaling.num_workers ({s.num_workers}): each worker takes whole identities")
     if d.center_crop is not None:
         _check(d.center_crop >= 1, where, f"data.center_crop must be >= 1, got {d.center_crop}")
+    if d.standardization is None:
+        from facenet_platform.core.weights import PRETRAINED
+
+        d.standardization = PRETRAINED.standardization if m.pretrained else "prewhiten"
     if d.resize is None:
         d.resize = int(round(m.input_size * 182 / 160))
     _check(d.resize >= m.input_size, where,

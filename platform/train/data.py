@@ -33,7 +33,6 @@ from typing import Iterable
 
 import numpy as np
 
-from facenet_platform.core.alignment import prewhiten
 from facenet_platform.core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -148,12 +147,13 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 def standardize(x: np.ndarray, mode: str) -> np.ndarray:
-    """``prewhiten`` (per image, as FaceEmbedder) or ``fixed`` ((x - 127.5) / 128)."""
-    if mode == "prewhiten":
-        return prewhiten(x)
-    if mode == "fixed":
-        return ((np.asarray(x, np.float32) - 127.5) / 128.0).astype(np.float32)
-    raise ValueError(f"unknown standardization {mode!r}")
+    """uint8 crops -> float32 network input with ``core.alignment.STANDARDIZATIONS[mode]``
+    (``prewhiten`` per image, ``fixed`` (x - 127.5) / 128), exactly as FaceEmbedder does."""
+    from facenet_platform.core.alignment import STANDARDIZATIONS
+
+    if mode not in STANDARDIZATIONS:
+        raise ValueError(f"unknown standardization {mode!r}; choices: {sorted(STANDARDIZATIONS)}")
+    return STANDARDIZATIONS[mode](x)
 
 
 # ------------------------------------------------------------------------------------------
