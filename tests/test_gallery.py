@@ -425,3 +425,18 @@ def test_identify_faces_library(tmp_path, pipeline, astronaut):
     assert Gallery.load(tmp_path / "same").pipeline == describe_pipeline(pipeline)
     assert identify_faces(pipeline, Gallery.load(tmp_path / "same"), [astronaut])[0][0].known
     assert isinstance(GalleryError("x"), FaceNetPlatformError)
+
+
+def test_threshold_follows_the_pretrained_model_unless_fixed(tmp_path, people, monkeypatch):
+    import dataclasses
+
+    from facenet_platform.core import weights
+
+    make_gallery(tmp_path / "default", people).save()
+    make_gallery(tmp_path / "fixed", people, threshold=0.5).save()
+    custom = Gallery.create(tmp_path / "custom", model_id="my-finetuned", threshold=0.8)
+    custom.save()
+    monkeypatch.setattr(weights, "PRETRAINED", dataclasses.replace(weights.PRETRAINED, threshold=0.9))
+    assert Gallery.load(tmp_path / "default").threshold == 0.9  # re-derived model threshold
+    assert Gallery.load(tmp_path / "fixed").threshold == 0.5
+    assert Gallery.load(tmp_path / "custom").threshold == 0.8

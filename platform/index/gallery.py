@@ -112,7 +112,9 @@ class Gallery:
         layout: where the index directory is.
         model_id: id of the embedding model every face must come from.
         embedding_size: length of the embeddings.
-        threshold: same-person squared-L2 threshold of the model (``None``: the pretrained one).
+        threshold: same-person squared-L2 threshold of the model. ``None`` (or the pretrained
+            model's own value) for the pretrained model follows ``PRETRAINED.threshold``, also
+            when that is re-derived later; any other value is fixed in the manifest.
         index_type: ``"auto"`` or a key of :data:`~facenet_platform.index.faiss_index.INDEX_TYPES`.
         index_params: overrides of the type's parameters (``{"efSearch": 256}``).
         auto_threshold: above this many faces ``"auto"`` picks the approximate index.
@@ -133,11 +135,15 @@ class Gallery:
         self.layout = layout
         self.model_id = model_id
         self.embedding_size = int(embedding_size)
-        if threshold is None:
-            from facenet_platform.core.weights import PRETRAINED
+        from facenet_platform.core.weights import PRETRAINED
 
+        follows = model_id == PRETRAINED.model_id and (
+            threshold is None or float(threshold) == PRETRAINED.threshold)
+        if threshold is None and not follows:
+            logger.warning("no threshold given for model %r; using the pretrained model's %.3f "
+                           "(pass the model's own)", model_id, PRETRAINED.threshold)
             threshold = PRETRAINED.threshold
-        self._threshold = float(threshold)
+        self._threshold = None if follows else float(threshold)
         self.index_type_setting = index_type
         self.index_param_overrides = dict(index_params or {})
         self.auto_threshold = int(auto_threshold)
@@ -234,7 +240,8 @@ class Gallery:
         try:
             gallery = cls(layout, model_id=section["model_id"],
                           embedding_size=section["embedding_size"],
-                          threshold=section.get("threshold"),
+                          threshold=(None if section.get("threshold_source") == "pretrained"
+                                     else section.get("threshold")),
                           index_type=section.get("index_type_setting", "auto"),
                           index_params=section.get("index_param_overrides"),
                           auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD),
@@ -293,6 +300,10 @@ class Gallery:
     @property
     def threshold(self) -> float:
         """Same-person squared-L2 distance threshold of the gallery's model."""
+        if self._threshold is None:
+            from facenet_platform.core.weights import PRETRAINED
+
+            return PRETRAINED.threshold
         return self._threshold
 
     def is_current(self) -> bool:
@@ -489,7 +500,8 @@ class Gallery:
             "n_identities": len(self._names),
             "model_id": self.model_id,
             "embedding_size": self.embedding_size,
-            "threshold": self._threshold,
+            "threshold": self.threshold,
+            "threshold_source": "pretrained" if self._threshold is None else "fixed",
             "pipeline": self.pipeline,
             "next_id": self._next_id,
         })
