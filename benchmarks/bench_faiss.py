@@ -19,9 +19,13 @@ parameters for that size (or ``--param``), then searched with a sweep of its sea
 (efSearch / nprobe). recall@1: the approximate top hit is the exact top hit; recall@10: the share
 of the exact top 10 found in the approximate top 10. Queries/s at batch 1 (one query per call,
 a loop, one thread) and batch 256 (``--threads``), per wall second and per CPU second (on a
-shared machine the wall figure depends on the others' load). Every index is wrapped in ``IndexIDMap2`` as the gallery uses it.
+shared machine the wall figure depends on the others' load). Every index is wrapped in
+``IndexIDMap2`` as the gallery uses it. ``--cache-dir`` keeps built indexes and ground truth so
+that search can be re-measured without rebuilding.
 
-    .venv/bin/python benchmarks/bench_faiss.py --sizes 10000 100000 1000000 --json benchmarks/out/faiss.json
+    .venv/bin/python benchmarks/bench_faiss.py --data lfw-like --types hnsw ivf --queries 1000
+    .venv/bin/python benchmarks/bench_faiss.py --data lfw-like --sizes 100000 --types ivfpq
+    .venv/bin/python benchmarks/bench_faiss.py --sizes 10000 100000 1000000 --data clustered
     .venv/bin/python benchmarks/bench_faiss.py --sizes 100000 --data uniform
 """
 
