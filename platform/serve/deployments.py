@@ -111,36 +111,35 @@ class Detector:
             n_detected=n_detected,
         )
 
-    def detect(self, data: bytes, source: str, max_faces: int, max_pixels: int | None = None
-               ) -> Detected | Failure:
-        """Every face of an encoded image, at most ``max_faces`` (highest score first)."""
+    def _detect_and_crop(self, kind: str, data: bytes, source: str, max_pixels: int | None,
+                         choose) -> Detected | Failure:
+        """Decode, detect, keep the faces ``choose(image, dets)`` picks, crop them; counted
+        under ``kind`` in the stats."""
         t0 = time.perf_counter()
         image = self._decode(data, source, max_pixels)
         if isinstance(image, Failure):
             self.calls["failed"] += 1
             return image
         dets = self.detector.detect([image])[0]
-        out = self._result(image, dets, np.arange(min(len(dets), max_faces)), len(dets))
-        self.calls["detect"] += 1
+        out = self._result(image, dets, np.asarray(choose(image, dets), np.int64), len(dets))
+        self.calls[kind] += 1
         self.seconds += time.perf_counter() - t0
         return out
+
+    def detect(self, data: bytes, source: str, max_faces: int, max_pixels: int | None = None
+               ) -> Detected | Failure:
+        """Every face of an encoded image, at most ``max_faces`` (highest score first)."""
+        return self._detect_and_crop("detect", data, source, max_pixels,
+                                     lambda image, dets: np.arange(min(len(dets), max_faces)))
 
     def central(self, data: bytes, source: str, max_pixels: int | None = None
                 ) -> Detected | Failure:
         """The one face a photo is about (largest near the centre), or none."""
         from facenet_platform.core.alignment import select_central_face
 
-        t0 = time.perf_counter()
-        image = self._decode(data, source, max_pixels)
-        if isinstance(image, Failure):
-            self.calls["failed"] += 1
-            return image
-        dets = self.detector.detect([image])[0]
-        chosen = [select_central_face(dets, image.shape)] if len(dets) else []
-        out = self._result(image, dets, np.asarray(chosen, np.int64), len(dets))
-        self.calls["central"] += 1
-        self.seconds += time.perf_counter() - t0
-        return out
+        return self._detect_and_crop(
+            "central", data, source, max_pixels,
+            lambda image, dets: [select_central_face(dets, image.shape)] if len(dets) else [])
 
     def ready(self) -> dict[str, Any]:
         return {"replica": _replica_id(), "aligner": repr(self.aligner),
