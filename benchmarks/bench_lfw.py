@@ -1,8 +1,11 @@
-"""LFW View 2 with the pretrained model: every crop method x flip mode x backend, in one run.
+"""LFW View 2 with the pretrained model: crop method x standardization x backend x centring x
+flip mode x davidsandberg's per-fold mean subtraction, in one run.
 
 Detection runs once per image; each crop method (margin, similarity) and crop standardization
 (prewhiten, fixed) then embeds the same central faces, with and without the mirror image, so the
-variants differ only in what they name. Reports accuracy
+variants differ only in what they name. Centring: ``raw`` is the network's output, ``model``
+the platform's embedding (raw minus the model's stored mean, re-normalised); ``subtract_mean``
+additionally centres each fold on its nine training folds (``validate_on_lfw --subtract_mean``). Reports accuracy
 +- std, VAL@FAR=1e-3 +- std, AUC, EER and the selected threshold for each, plus the wall time
 and images/s of each stage.
 
@@ -30,10 +33,11 @@ from tqdm import tqdm  # noqa: E402
 from facenet_platform.core.alignment import FaceAligner, select_central_face  # noqa: E402
 from facenet_platform.core.detection import FaceDetector  # noqa: E402
 from facenet_platform.core.embedding import FaceEmbedder, l2_normalize  # noqa: E402
-from facenet_platform.core.evaluation import evaluate_verification, squared_distances  # noqa: E402
+from facenet_platform.core.evaluation import evaluate_embeddings  # noqa: E402
 from facenet_platform.core.images import read_image  # noqa: E402
 from facenet_platform.core.lfw import default_lfw_dir, read_pairs  # noqa: E402
-from facenet_platform.core.weights import PRETRAINED, load_pretrained_model  # noqa: E402
+from facenet_platform.core.weights import (PRETRAINED, load_pretrained_model,  # noqa: E402
+                                           pretrained_embedding_mean)
 
 
 def central_crops(paths, detector, aligners, batch_size):
@@ -84,6 +88,7 @@ def main() -> int:
           f"face found in {found.mean():.4f}", flush=True)
 
     model = load_pretrained_model()
+    mean = pretrained_embedding_mean()
     rows, timings = [], {}
     for backend in args.backends:
         for standardization in args.standardizations:
@@ -94,7 +99,7 @@ def main() -> int:
                 default_crops = crops[PRETRAINED.alignment]
                 calibration = default_crops[:: max(1, len(default_crops) // 200)][:200]
             embedder = FaceEmbedder(model, backend=backend, batch_size=args.batch_size,
-                                    standardization=standardization,
+                                    standardization=standardization, center=None,
                                     calibration_crops=calibration)
             for method, method_crops in crops.items():
                 if backend != args.backends[0] and method != PRETRAINED.alignment:
@@ -105,23 +110,34 @@ def main() -> int:
                 seconds = time.perf_counter() - t
                 timings[f"{backend}/{standardization}/{method}"] = {
                     "seconds": seconds, "images_per_second": 2 * len(paths) / seconds}
-                variants = {"none": plain, "mean": l2_normalize(plain + mirrored),
-                            "concat": l2_normalize(np.concatenate([plain, mirrored], axis=1))}
-                for flip, emb in variants.items():
-                    report = evaluate_verification(squared_distances(emb[idx1], emb[idx2]),
-                                                   pairs.issame, pairs.folds)
-                    row = {"backend": backend, "standardization": standardization,
-                           "alignment": method, "flip": flip,
-                           **{k: v for k, v in report.to_dict().items()
-                              if k in ("accuracy", "accuracy_std", "val", "val_std", "far", "auc",
-                                       "eer", "threshold")}}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                reference = (backend == args.backends[0] and method == PRETRAINED.alignment
+                             and standardization == args.standardizations[0])
+                for centring in ("raw", "model") if reference else ("model",):
+                    if centring == "model":
+                        p, m = l2_normalize(plain - mean), l2_normalize(mirrored - mean)
+                    else:
+                        p, m = plain, mirrored
+                    variants = {"none": p, "mean": l2_normalize(p + m),
+                                "concat": l2_normalize(np.concatenate([p, m], axis=1))}
+                    for flip, emb in variants.items():
+                        for subtract_mean in (False, True):
+                            report = evaluate_embeddings(emb[idx1], emb[idx2], pairs.issame,
+                                                         pairs.folds, subtract_mean=subtract_mean)
+                            row = {"backend": backend, "standardization": standardization,
+                                   "alignment": method, "centring": centring, "flip": flip,
+                                   "subtract_mean": subtract_mean,
+                                   **{k: v for k, v in report.to_dict().items()
+                                      if k in ("accuracy", "accuracy_std", "val", "val_std", "far",
+                                               "auc", "eer", "threshold")}}
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
 
-    print("\n| backend | standardization | alignment | flip | accuracy | VAL@FAR=1e-3 | AUC | EER | threshold |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| backend | standardization | alignment | centring | flip | subtract mean | accuracy | "
+          "VAL@FAR=1e-3 | AUC | EER | threshold |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['standardization']} | {r['alignment']} | {r['flip']} | {r['accuracy']:.5f} +- "
+        print(f"| {r['backend']} | {r['standardization']} | {r['alignment']} | {r['centring']} | "
+              f"{r['flip']} | {'per fold' if r['subtract_mean'] else 'no'} | {r['accuracy']:.5f} +- "
               f"{r['accuracy_std']:.5f} | {r['val']:.5f} +- {r['val_std']:.5f} | {r['auc']:.4f} | "
               f"{r['eer']:.4f} | {r['threshold']:.4f} |")
     print(f"\ndetect+align {detect_s:.1f} s for {len(paths)} images; embedding timings: "

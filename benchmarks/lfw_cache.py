@@ -1,10 +1,12 @@
 """Embeddings of LFW images, computed once and cached as ``.npz`` (shared by the index benchmarks).
 
-Each image gets the embedding of its central face (``FacePipeline.central_faces``); when MTCNN
+Each image gets the *raw* network embedding of its central face (``FacePipeline.central_faces``); when MTCNN
 finds no face the centre crop stands in, as in the LFW protocol, and ``found`` records it. The
 cache holds every image embedded so far (keyed by the path relative to the LFW root), so a
 ``--limit-people`` run and a full run share it; missing images are embedded and appended, with a
-checkpoint every few hundred images so an interrupted run resumes.
+checkpoint every few hundred images so an interrupted run resumes. :func:`lfw_embeddings`
+returns them as the platform uses them (centred on the pretrained model's embedding mean, as
+``FaceEmbedder`` does) unless ``raw=True``.
 
     .venv/bin/python benchmarks/lfw_cache.py            # embed all 13,233 LFW images
 """
@@ -76,8 +78,10 @@ def _save(cache: Path, store: dict[str, tuple[np.ndarray, bool]]) -> None:
 
 
 def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = DEFAULT_CACHE,
-                   batch_size: int = 32, checkpoint_every: int = 512) -> LfwEmbeddings:
-    """Embeddings of every image of ``people`` (``{name: [paths]}``), from the cache or computed."""
+                   batch_size: int = 32, checkpoint_every: int = 512, *,
+                   raw: bool = False) -> LfwEmbeddings:
+    """Embeddings of every image of ``people`` (``{name: [paths]}``), from the cache or computed:
+    centred like ``FaceEmbedder``'s unless ``raw``."""
     from facenet_platform.core.images import read_image
     from facenet_platform.core.lfw import image_root
 
@@ -86,9 +90,10 @@ def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = D
     store = _load(cache)
     missing = [rel for _, rel in wanted if rel not in store]
     if missing:
+        from facenet_platform.core.embedding import FaceEmbedder
         from facenet_platform.core.pipeline import FacePipeline
 
-        pipeline = FacePipeline()
+        pipeline = FacePipeline(embedder=FaceEmbedder(center=None))
         logger.warning("embedding %d LFW images (%d cached) -> %s", len(missing), len(store), cache)
         t0, done_since_save = time.perf_counter(), 0
         for start in range(0, len(missing), batch_size):
@@ -107,10 +112,16 @@ def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = D
                                (len(missing) - done) / rate)
         _save(cache, store)
         logger.warning("embedded %d images in %.0f s", len(missing), time.perf_counter() - t0)
+    embeddings = np.stack([store[rel][0] for _, rel in wanted]).astype(np.float32)
+    if not raw:
+        from facenet_platform.core.embedding import l2_normalize
+        from facenet_platform.core.weights import pretrained_embedding_mean
+
+        embeddings = l2_normalize(embeddings - pretrained_embedding_mean())
     return LfwEmbeddings(
         paths=np.array([rel for _, rel in wanted]),
         names=np.array([name for name, _ in wanted]),
-        embeddings=np.stack([store[rel][0] for _, rel in wanted]).astype(np.float32),
+        embeddings=embeddings,
         found=np.array([store[rel][1] for _, rel in wanted]),
     )
 

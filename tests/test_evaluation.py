@@ -11,6 +11,8 @@ from facenet_platform.core.evaluation import (
     EvaluationInputError,
     VerificationReport,
     best_threshold,
+    centered_distances,
+    evaluate_embeddings,
     evaluate_verification,
     plot_roc,
     squared_distances,
@@ -299,6 +301,47 @@ def test_integer_labels_accepted():
     r1 = evaluate_verification(HAND_DIST, HAND_SAME.astype(int), HAND_FOLDS)
     r2 = evaluate_verification(HAND_DIST, HAND_SAME, HAND_FOLDS)
     assert r1.accuracy == r2.accuracy
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_evaluate_embeddings_without_mean_is_evaluate_verification():
+    rng = np.random.default_rng(3)
+    a, b = _unit(rng.normal(size=(40, 16))), _unit(rng.normal(size=(40, 16)))
+    same = np.tile([True, False], 20)
+    b[same] = _unit(a[same] + 0.5 * b[same])
+    folds = np.repeat(np.arange(4), 10)
+    r1 = evaluate_embeddings(a, b, same, folds)
+    r2 = evaluate_verification(squared_distances(a, b), same, folds)
+    assert r1.to_dict() == r2.to_dict()
+
+
+def test_subtract_mean_uses_only_the_training_folds():
+    """davidsandberg's --subtract_mean: fold k's distances are centred on folds != k only."""
+    rng = np.random.default_rng(4)
+    offset = np.zeros(16)
+    offset[0] = 3.0  # a shared direction that hides identity in the raw vectors
+    a = _unit(rng.normal(size=(60, 16)) + offset)
+    b = _unit(rng.normal(size=(60, 16)) + offset)
+    same = np.tile([True, False], 30)
+    b[same] = _unit(a[same] + 0.3 * rng.normal(size=(30, 16)))
+    folds = np.repeat(np.arange(3), 20)
+    report = evaluate_embeddings(a, b, same, folds, subtract_mean=True)
+    for k in range(3):
+        train = folds != k
+        mean = np.concatenate([a[train], b[train]]).mean(axis=0)
+        d = centered_distances(a, b, mean)
+        thr, _ = best_threshold(d[train], same[train])
+        assert report.fold_thresholds[k] == pytest.approx(thr)
+        assert report.fold_accuracies[k] == pytest.approx(np.mean((d[~train] <= thr) == same[~train]))
+    everything = centered_distances(a, b, np.concatenate([a, b]).mean(axis=0))
+    assert report.threshold == pytest.approx(best_threshold(everything, same)[0])
+    # centring equals the cosine distance of the mean-subtracted vectors
+    m = a.mean(axis=0)
+    cos = np.sum((a - m) * (b - m), axis=1) / np.linalg.norm(a - m, axis=1) / np.linalg.norm(b - m, axis=1)
+    np.testing.assert_allclose(centered_distances(a, b, m), 2 - 2 * cos, atol=1e-5)
 
 
 def test_squared_distances():

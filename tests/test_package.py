@@ -53,6 +53,8 @@ def test_regular_install_with_repo_root_first_on_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (target / "facenet_platform" / "cli.py").is_file()
     assert not (target / "facenet_platform" / "__init__.py").exists()
+    # package data travels with a regular install: the serve page and the embedding mean
+    assert (target / "facenet_platform" / "core" / "data" / "embedding_mean-20180408-102900.npy").is_file()
     code = CHECK.format(root=str(REPO_ROOT)) + f"; assert {str(target)!r} in facenet_platform.__path__[0]"
     # cwd elsewhere so that the editable install's finder is the only other way in
     out = _run(code, cwd=tmp_path, extra_path=str(target))

@@ -64,6 +64,42 @@ def test_flip_modes(pipeline, astronaut, flip, size):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
+def test_pretrained_embeddings_are_centred_on_the_model_mean(pipeline, astronaut):
+    """The pretrained embedding is l2_normalize(raw - mean); center=None gives the raw output."""
+    from facenet_platform.core.alignment import crop_with_margin
+    from facenet_platform.core.embedding import FaceEmbedder, l2_normalize
+    from facenet_platform.core.weights import pretrained_embedding_mean
+
+    mean = pretrained_embedding_mean()
+    assert mean.shape == (512,) and mean.dtype == np.float32
+    assert 0.1 < np.linalg.norm(mean) < 0.4  # the raw embeddings share a common direction
+    dets = pipeline.detector.detect([astronaut])[0]
+    crops = crop_with_margin(astronaut, dets.boxes[:1])
+    model = pipeline.embedder.model
+    assert pipeline.embedder.center is not None
+    raw = FaceEmbedder(model, center=None)(crops)
+    np.testing.assert_allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pipeline.embedder(crops), l2_normalize(raw - mean), atol=1e-5)
+    x = pipeline.embedder._standardize(crops)
+    np.testing.assert_allclose(pipeline.embedder.embed_prewhitened(x), raw, atol=1e-5)
+    # mirror halves are centred each before flip="concat" joins them
+    concat = FaceEmbedder(model, flip="concat")(crops)
+    mirrored = FaceEmbedder(model, center=None)(np.ascontiguousarray(crops[:, :, ::-1]))
+    expected = l2_normalize(np.concatenate([l2_normalize(raw - mean),
+                                            l2_normalize(mirrored - mean)], axis=1))
+    np.testing.assert_allclose(concat, expected, atol=1e-5)
+
+
+def test_center_argument_is_checked(pipeline):
+    from facenet_platform.core.embedding import FaceEmbedder
+    from facenet_platform.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"shape \(512,\)"):
+        FaceEmbedder(pipeline.embedder.model, center=np.zeros(3, np.float32))
+    with pytest.raises(ConfigError, match="center must be"):
+        FaceEmbedder(pipeline.embedder.model, center="mean")
+
+
 @requires_lfw
 @pytest.mark.slow
 def test_lfw_first_fold_accuracy(pipeline, lfw_root):

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", nargs="?", const="concat", default="none",
                    choices=["none", "mean", "concat"],
                    help="also embed the mirror image: concat (default when given) or mean")
+    p.add_argument("--subtract-mean", action="store_true",
+                   help="davidsandberg's --subtract_mean: centre each fold on the mean embedding "
+                        "of its nine training folds (on top of the model's own centring)")
     p.add_argument("--limit-folds", type=int, default=None, help="use only the first N folds")
     p.add_argument("--far", type=float, default=1e-3, help="FAR target of VAL@FAR")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
@@ -191,11 +194,12 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         pairs = pairs.take_folds(args.limit_folds)
     pipeline = build_pipeline(args, flip=args.flip)
     run = evaluate_lfw(pipeline, pairs, batch_size=args.batch_size, far_target=args.far,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), subtract_mean=args.subtract_mean)
     if args.roc:
         plot_roc(run.report, args.roc, title=f"LFW ROC ({pipeline.embedder.model_id})")
     if args.json:
         print(json.dumps({"pairs_file": str(pairs_file), "flip": args.flip,
+                          "subtract_mean": args.subtract_mean,
                           "model_id": pipeline.embedder.model_id, **run.to_dict()}, indent=2))
     else:
         print(run.report.summary())

@@ -304,8 +304,64 @@ def evaluate_verification(
     negative pairs, or ``far_target`` outside ``(0, 1)``.
     """
     d, y = _validate(distances, issame)
-    n = d.shape[0]
-    f = _as_folds(folds, n, n_folds)
+    return _evaluate(lambda train: d, d, y, _as_folds(folds, d.shape[0], n_folds), far_target)
+
+
+def centered_distances(emb1: np.ndarray, emb2: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Squared distances after subtracting ``mean`` from every embedding and re-normalising.
+
+    ``(N, D), (N, D), (D,) -> (N,) float32`` in ``0..4``. For unit vectors the squared distance
+    is ``2 - 2 cos``, so decisions equal davidsandberg's cosine distance (``--distance_metric 1``)
+    on mean-subtracted embeddings (``--subtract_mean``).
+    """
+    from .embedding import l2_normalize
+
+    m = np.asarray(mean, dtype=np.float32)
+    return squared_distances(l2_normalize(np.asarray(emb1, np.float32) - m),
+                             l2_normalize(np.asarray(emb2, np.float32) - m))
+
+
+def evaluate_embeddings(
+    emb1: np.ndarray,
+    emb2: np.ndarray,
+    issame: np.ndarray,
+    folds: np.ndarray | None = None,
+    *,
+    subtract_mean: bool = False,
+    n_folds: int = 10,
+    far_target: float = 1e-3,
+) -> VerificationReport:
+    """The LFW protocol on pair embeddings (``(N, D)`` each, L2-normalised).
+
+    ``subtract_mean=False`` is :func:`evaluate_verification` on :func:`squared_distances`.
+    ``subtract_mean=True`` is davidsandberg's ``validate_on_lfw --subtract_mean
+    --distance_metric 1``: for each fold, the mean of the *training* folds' pair embeddings is
+    subtracted from every embedding before the (cosine-equivalent) distance, so the test fold
+    never contributes to its own centring. AUC, EER, the ROC and the overall threshold use the
+    mean of all pairs.
+    """
+    a = np.asarray(emb1, dtype=np.float32)
+    b = np.asarray(emb2, dtype=np.float32)
+    plain = squared_distances(a, b)  # validates the shapes
+    if not subtract_mean:
+        return evaluate_verification(plain, issame, folds, n_folds=n_folds, far_target=far_target)
+    y = _as_labels(issame, plain.shape[0])
+    f = _as_folds(folds, plain.shape[0], n_folds)
+
+    def fold_distances(train: np.ndarray) -> np.ndarray:
+        mean = np.concatenate([a[train], b[train]]).mean(axis=0)
+        return centered_distances(a, b, mean).astype(np.float64)
+
+    overall = fold_distances(np.ones(plain.shape[0], bool))
+    return _evaluate(fold_distances, overall, y, f, far_target)
+
+
+def _evaluate(fold_distances, overall: np.ndarray, y: np.ndarray, f: np.ndarray,
+              far_target: float) -> VerificationReport:
+    """The protocol proper. ``fold_distances(train_mask)`` gives every pair's distance as the
+    fold with that training set sees it (the same array for plain distances); ``overall`` is
+    what AUC, EER, the ROC and the deployed threshold are computed on."""
+    n = overall.shape[0]
     far_target = float(far_target)
     if not 0.0 < far_target < 1.0:
         raise EvaluationInputError(f"far_target must be in (0, 1), got {far_target}")
@@ -331,6 +387,7 @@ def evaluate_verification(
     for i, fid in enumerate(fold_ids):
         test = f == fid
         train = ~test if k > 1 else test
+        d = fold_distances(train)
         d_tr, y_tr, d_te, y_te = d[train], y[train], d[test], y[test]
         thr, _ = _best_threshold(d_tr, y_tr)
         fold_thr[i] = thr
@@ -341,8 +398,8 @@ def evaluate_verification(
         fold_val[i] = np.mean(accept[y_te])
         fold_far[i] = np.mean(accept[~y_te])
 
-    fpr, tpr, roc_thr, auc, eer = _roc(d, y)
-    threshold, _ = _best_threshold(d, y)
+    fpr, tpr, roc_thr, auc, eer = _roc(overall, y)
+    threshold, _ = _best_threshold(overall, y)
     return VerificationReport(
         accuracy=float(fold_acc.mean()),
         accuracy_std=float(fold_acc.std()),

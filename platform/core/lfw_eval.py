@@ -1,7 +1,8 @@
 """Run the LFW verification protocol end to end with a :class:`FacePipeline`.
 
 pairs file -> unique images -> central-face embeddings (one batched pass, progress bar)
--> squared distances per pair -> :func:`~facenet_platform.core.evaluation.evaluate_verification`.
+-> squared distances per pair (optionally after davidsandberg's per-fold mean subtraction)
+-> :func:`~facenet_platform.core.evaluation.evaluate_embeddings`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .evaluation import VerificationReport, evaluate_verification, squared_distances
+from .evaluation import VerificationReport, evaluate_embeddings
 from .images import read_image
 from .lfw import PairList
 from .pipeline import FacePipeline
@@ -64,16 +65,20 @@ def embed_paths(pipeline: FacePipeline, paths: Sequence[Path], *, batch_size: in
 
 
 def evaluate_lfw(pipeline: FacePipeline, pairs: PairList, *, batch_size: int = 32,
-                 far_target: float = 1e-3, progress: bool = True) -> LfwRun:
-    """Embed every image the pairs use once, then apply the 10-fold protocol."""
+                 far_target: float = 1e-3, progress: bool = True,
+                 subtract_mean: bool = False) -> LfwRun:
+    """Embed every image the pairs use once, then apply the 10-fold protocol.
+
+    ``subtract_mean``: davidsandberg's ``--subtract_mean`` (each fold centred on the mean
+    embedding of its nine training folds; see :func:`evaluate_embeddings`)."""
     started = time.perf_counter()
     paths = pairs.unique_paths()
     embeddings, found = embed_paths(pipeline, paths, batch_size=batch_size, progress=progress)
     row = {p: i for i, p in enumerate(paths)}
     idx1 = np.array([row[p] for p in pairs.paths1])
     idx2 = np.array([row[p] for p in pairs.paths2])
-    distances = squared_distances(embeddings[idx1], embeddings[idx2])
-    report = evaluate_verification(distances, pairs.issame, pairs.folds, far_target=far_target)
+    report = evaluate_embeddings(embeddings[idx1], embeddings[idx2], pairs.issame, pairs.folds,
+                                 far_target=far_target, subtract_mean=subtract_mean)
     n_no_face = int((~found).sum())
     if n_no_face:
         logger.warning("%d of %d images had no detected face; a centre crop was used",

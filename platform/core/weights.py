@@ -62,9 +62,14 @@ class PretrainedModel:
     standardization: str
     # Squared-Euclidean distance at or under which two faces are the same person: the
     # threshold the LFW 10-fold protocol selects on all 6,000 View 2 pairs for this model with
-    # the default pipeline (margin crop, fixed standardization, no flip): 1.2563, rounded
-    # (benchmarks/bench_lfw.py; see benchmarks/RESULTS.md).
+    # the default pipeline (margin crop, fixed standardization, centred embeddings, no flip),
+    # rounded (benchmarks/bench_lfw.py; see benchmarks/RESULTS.md).
     threshold: float
+    # File (in facenet_platform/core/data) holding the mean raw embedding of LFW View 1's
+    # DevTrain people, (D,) float32; the platform's embedding is l2_normalize(raw - mean)
+    # (davidsandberg's --subtract_mean, fixed once instead of per fold). Derived by
+    # benchmarks/derive_embedding_mean.py.
+    embedding_mean_file: str
 
 
 PRETRAINED = PretrainedModel(
@@ -78,8 +83,34 @@ PRETRAINED = PretrainedModel(
     # davidsandberg trained the 2018 checkpoints with --use_fixed_image_standardization;
     # on LFW it beats per-image prewhitening by about 0.015 accuracy (benchmarks/RESULTS.md).
     standardization="fixed",
-    threshold=1.256,
+    threshold=1.290,
+    embedding_mean_file="embedding_mean-20180408-102900.npy",
 )
+
+#: Where package data (the embedding mean) lives.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def pretrained_embedding_mean() -> np.ndarray:
+    """``(512,) float32``: the mean raw embedding the pretrained model's embeddings are centred on.
+
+    Shipped with the package (``facenet_platform/core/data``), derived from LFW View 1 DevTrain
+    images by ``benchmarks/derive_embedding_mean.py``.
+    """
+    path = DATA_DIR / PRETRAINED.embedding_mean_file
+    try:
+        mean = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read the pretrained embedding mean ({exc}); "
+                           "reinstall facenet-platform") from exc
+    if mean.shape != (PRETRAINED.embedding_size,):
+        raise WeightsError(f"{path}: expected shape ({PRETRAINED.embedding_size},), got {mean.shape}")
+    return mean.astype(np.float32)
+
+
+def is_pretrained_network(model) -> bool:
+    """True when a Keras model is the pretrained network as :func:`load_pretrained_model` builds it."""
+    return getattr(model, "name", None) == PRETRAINED.model_id.replace("-", "_")
 
 
 def frozen_graph_path() -> Path:
