@@ -96,6 +96,30 @@ def test_unknown_backend_is_config_error_listing_choices(pretrained_model):
         assert name in str(err.value)
 
 
+def test_auto_backend_resolves_by_cpu_flags(tmp_path, monkeypatch):
+    from facenet_platform.core import backends
+
+    with_bf16 = tmp_path / "cpuinfo-bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "cpuinfo-plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert backends.cpu_has_native_bf16(with_bf16)
+    assert not backends.cpu_has_native_bf16(without)
+    assert not backends.cpu_has_native_bf16(tmp_path / "missing")
+    assert backends.DEFAULT_BACKEND == "auto"
+    assert backends.resolve_backend("onnx-int8") == "onnx-int8"
+    monkeypatch.setattr(backends, "_has_gpu", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert backends.resolve_backend("auto") == "keras-bf16"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert backends.resolve_backend("auto") == "keras-fp32"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(backends, "_has_gpu", lambda: True)
+    assert backends.resolve_backend("auto") == "keras-fp32"
+    with pytest.raises(ConfigError, match="auto"):
+        backends.resolve_backend("bf16")
+
+
 def test_face_embedder_rejects_unknown_backend_before_loading():
     from facenet_platform.core.embedding import FaceEmbedder
 

@@ -25,6 +25,10 @@ int8, by a fingerprint of the calibration crops), built on first use and written
 ``onnx-int8`` without calibration crops reuses the newest int8 file already built for these
 weights and raises :class:`ConfigError` if there is none.
 
+``auto`` (the default) resolves, where the embedder is built, to ``keras-bf16`` on a CPU with
+native bfloat16 arithmetic (AVX512_BF16 or AMX-BF16; LFW accuracy within 0.001 of fp32, about
+2x its speed) and to ``keras-fp32`` elsewhere, GPUs included (:func:`resolve_backend`).
+
 Add a backend by adding a factory ``(model, batch_size, options) -> runner`` to :data:`BACKENDS`.
 """
 
@@ -43,7 +47,10 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKEND = "keras-fp32"
+AUTO_BACKEND = "auto"
+DEFAULT_BACKEND = AUTO_BACKEND
+#: /proc/cpuinfo flags of CPUs that compute bfloat16 natively (oneDNN uses them for keras-bf16).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @runtime_checkable
@@ -260,18 +267,53 @@ BACKENDS: dict[str, RunnerFactory] = {
 }
 
 
-def check_backend(name: str) -> RunnerFactory:
-    """The factory of backend ``name``; :class:`ConfigError` listing the choices if unknown."""
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (Linux; False where unknown)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_backend(name: str) -> str:
+    """A concrete backend name: ``name`` itself, or what ``"auto"`` means on this machine
+    (``keras-bf16`` on a CPU-only machine with native bf16, else ``keras-fp32``)."""
+    if name != AUTO_BACKEND:
+        check_backend(name)
+        return name
+    if cpu_has_native_bf16() and not _has_gpu():
+        return "keras-bf16"
+    return "keras-fp32"
+
+
+def check_backend(name: str) -> RunnerFactory | None:
+    """The factory of backend ``name`` (None for ``"auto"``, resolved later by
+    :func:`resolve_backend`); :class:`ConfigError` listing the choices if unknown."""
+    if name == AUTO_BACKEND:
+        return None
     factory = BACKENDS.get(name) if isinstance(name, str) else None
     if factory is None:
-        raise ConfigError(f"unknown embedding backend {name!r}; choices: {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown embedding backend {name!r}; choices: "
+                          f"{', '.join([AUTO_BACKEND, *BACKENDS])}")
     return factory
 
 
 def create_runner(name: str, model, batch_size: int,
                   options: RunnerOptions | None = None) -> EmbeddingRunner:
-    """Build the runner called ``name`` (a key of :data:`BACKENDS`) for ``model``."""
-    factory = check_backend(name)
+    """Build the runner called ``name`` (a key of :data:`BACKENDS`, or ``"auto"``) for ``model``."""
+    factory = check_backend(resolve_backend(name))
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     return factory(model, int(batch_size), options or RunnerOptions())

@@ -60,7 +60,9 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alignment", choices=["margin", "similarity"], default=None,
                    help="crop method (default: the model's)")
     p.add_argument("--margin", type=int, default=None, help="margin in pixels around the box")
-    p.add_argument("--backend", default="keras-fp32", help="embedding backend")
+    p.add_argument("--backend", default="auto",
+                   help="embedding backend: auto (default: keras-bf16 on CPUs with native bf16, "
+                        "else keras-fp32), keras-fp32, keras-bf16, onnx-fp32, onnx-int8")
     p.add_argument("--model", type=Path, default=None,
                    help="a saved .keras model (default: the pretrained 20180408-102900)")
 
@@ -199,11 +201,11 @@ def cmd_eval_lfw(args: argparse.Namespace) -> int:
         plot_roc(run.report, args.roc, title=f"LFW ROC ({pipeline.embedder.model_id})")
     if args.json:
         print(json.dumps({"pairs_file": str(pairs_file), "flip": args.flip,
-                          "subtract_mean": args.subtract_mean,
+                          "subtract_mean": args.subtract_mean, "backend": pipeline.embedder.backend,
                           "model_id": pipeline.embedder.model_id, **run.to_dict()}, indent=2))
     else:
         print(run.report.summary())
         print(f"Pairs: {len(pairs)} in {run.report.n_folds} folds; images: {run.n_images} "
               f"({run.n_no_face} without a detected face); {run.seconds:.1f} s, "
-              f"{run.images_per_second:.1f} img/s")
+              f"{run.images_per_second:.1f} img/s; backend {pipeline.embedder.backend}")
     return 0

@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 
 from .alignment import STANDARDIZATIONS, prewhiten
-from .backends import DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner
+from .backends import (DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner,
+                       resolve_backend)
 from .errors import ConfigError, ImageError
 from .weights import (PRETRAINED, is_pretrained_network, pretrained_embedding_mean,
                       read_frozen_graph)
@@ -67,7 +68,9 @@ class FaceEmbedder:
         threshold: same-person distance threshold for this model (pretrained: the LFW-selected one).
         backend: numerics of the forward pass, a name in
             :data:`facenet_platform.core.backends.BACKENDS` (``"keras-fp32"``, ``"keras-bf16"``,
-            ``"onnx-fp32"``, ``"onnx-int8"``); an unknown name raises :class:`ConfigError`.
+            ``"onnx-fp32"``, ``"onnx-int8"``) or ``"auto"`` (the default: ``keras-bf16`` on a
+            CPU with native bf16, else ``keras-fp32``; :attr:`backend` says which); an unknown
+            name raises :class:`ConfigError`.
         standardization: how uint8 crops become network input, a name in
             :data:`~facenet_platform.core.alignment.STANDARDIZATIONS` (``"prewhiten"``: per-image
             mean/std; ``"fixed"``: ``(x - 127.5) / 128``); None: the pretrained model's.
@@ -134,7 +137,7 @@ class FaceEmbedder:
         self.input_size = int(model.input_shape[1])
         self.model_id = model_id or model.name
         self.threshold = threshold
-        self.backend = backend
+        self.backend = resolve_backend(backend)
         raw_size = int(model.output_shape[-1])
         if center is not None:
             center = np.asarray(center, np.float32)
@@ -148,7 +151,7 @@ class FaceEmbedder:
             self._runner = model  # SavedModel / TFLite: the exported graph fixes the numerics
         else:
             self._runner = create_runner(
-                backend, model, self.batch_size,
+                self.backend, model, self.batch_size,
                 RunnerOptions(jit_compile=jit_compile, model_id=self.model_id,
                               calibration=calibration),
             )
