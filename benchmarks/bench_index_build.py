@@ -15,7 +15,10 @@ Prints a markdown table (and writes JSON with ``--json``)::
     .venv/bin/python benchmarks/bench_index_build.py --limit 400 --actors 1 2 1x2
     .venv/bin/python benchmarks/bench_index_build.py            # all 13,233 images
 
-``--actors`` takes ``N`` (N detection and N embedding actors) or ``DxE``.
+``--actors`` takes ``N`` (N detection and N embedding actors) or ``DxE``. ``--backend`` picks the
+embedding backend of both sides (default: the platform's). "cores busy" is the machine's
+average number of busy CPUs during a run (``/proc/stat``, all processes): how much of the
+two cores each side actually uses.
 """
 
 from __future__ import annotations
@@ -50,16 +53,29 @@ def sample_lfw(lfw_dir: Path, limit: int | None) -> list[Path]:
     return paths
 
 
-def run_loop(paths: list[Path], batch_size: int) -> dict:
+def _busy() -> float:
+    """Seconds all CPUs of the machine have spent busy so far (Linux ``/proc/stat``; NaN
+    elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    # user nice system idle iowait irq softirq steal ...; in clock ticks
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_loop(paths: list[Path], batch_size: int, backend: str | None) -> dict:
+    from facenet_platform.core.embedding import FaceEmbedder
     from facenet_platform.core.images import read_image
     from facenet_platform.core.pipeline import FacePipeline
 
     t = time.perf_counter()
-    pipeline = FacePipeline()
+    pipeline = FacePipeline(embedder=FaceEmbedder(**({"backend": backend} if backend else {})))
     pipeline([read_image(paths[0])])  # trace/compile once, as the actors do at their first batch
     load_s = time.perf_counter() - t
     faces = no_face = 0
-    t = time.perf_counter()
+    t, busy = time.perf_counter(), _busy()
     for start in range(0, len(paths), batch_size):
         images = [read_image(p) for p in paths[start:start + batch_size]]
         for found in pipeline(images):
@@ -67,17 +83,20 @@ def run_loop(paths: list[Path], batch_size: int) -> dict:
             no_face += not found
     seconds = time.perf_counter() - t
     return {"config": f"loop (FacePipeline, batch {batch_size})", "seconds": seconds,
+            "cores_busy": (_busy() - busy) / seconds,
             "load_seconds": load_s, "images": len(paths), "faces": faces, "no_face": no_face,
             "failures": 0, "images_per_second": len(paths) / seconds}
 
 
-def run_build(list_file: Path, detect: int, embed: int, workdir: Path) -> dict:
+def run_build(list_file: Path, detect: int, embed: int, workdir: Path,
+              backend: str | None) -> dict:
     from facenet_platform.index.build import BuildOptions, build_index
 
     index = workdir / f"index-{detect}x{embed}"
     shutil.rmtree(index, ignore_errors=True)
-    options = BuildOptions(detect_actors=detect, embed_actors=embed, progress=False)
-    t = time.perf_counter()
+    options = BuildOptions(detect_actors=detect, embed_actors=embed, progress=False,
+                           backend=backend)
+    t, busy = time.perf_counter(), _busy()
     summary = build_index([f"@{list_file}"], index, options=options)
     seconds = time.perf_counter() - t
     plan = summary.plan or {}
@@ -88,6 +107,7 @@ def run_build(list_file: Path, detect: int, embed: int, workdir: Path) -> dict:
             "first_result_files": summary.first_result_files, "images": summary.files_new,
             "faces": summary.faces, "no_face": summary.files_no_face,
             "failures": summary.failures, "images_per_second": summary.files_new / seconds,
+            "cores_busy": (_busy() - busy) / seconds,
             "detect_cpus": plan.get("detect_cpus"), "embed_cpus": plan.get("embed_cpus"),
             "embed_batch_size": plan.get("embed_batch_size")}
 
@@ -102,8 +122,8 @@ def print_table(results: list[dict], n_images: int, cpus: int | None, ray_start:
           "counted)")
     print()
     print("| run | wall s | images/s | vs loop | first result s | faces | no face | failures | "
-          "CPU per detect/embed actor |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "cores busy | CPU per detect/embed actor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         if "load_seconds" in r:
             wall = r["seconds"] + r["load_seconds"]
@@ -115,10 +135,10 @@ def print_table(results: list[dict], n_images: int, cpus: int | None, ray_start:
         rate = r["images"] / wall
         ratio = f"{rate / base:.2f}x" if base else "-"
         print(f"| {r['config']} | {wall:.1f} | {rate:.2f} | {ratio} | {first} | {r['faces']} | "
-              f"{r['no_face']} | {r['failures']} | {cpus} |")
+              f"{r['no_face']} | {r['failures']} | {r.get('cores_busy', float('nan')):.2f} | {cpus} |")
     if loop:
         print(f"| (loop without its model load) | {loop['seconds']:.1f} | "
-              f"{loop['images_per_second']:.2f} | | | | | | |")
+              f"{loop['images_per_second']:.2f} | | | | | | | |")
     print()
     print("wall s: the loop with its model load; a build from its call to its summary: listing, "
           "hashing, actor start-up (model load), pipeline, commits. first result s: when the "
@@ -137,6 +157,8 @@ def main() -> int:
     ap.add_argument("--actors", nargs="+", default=["1", "2"],
                     help="pool sizes: N (N detect + N embed actors) or DxE")
     ap.add_argument("--batch-size", type=int, default=16, help="batch of the plain loop")
+    ap.add_argument("--backend", default=None, help="embedding backend of both sides "
+                    "(default: the platform's)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
     ap.add_argument("--skip-loop", action="store_true", help="no single-process baseline")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -156,7 +178,7 @@ def main() -> int:
 
     results = []
     if not args.skip_loop:
-        results.append(run_loop(paths, args.batch_size))
+        results.append(run_loop(paths, args.batch_size, args.backend))
         print(f"loop: {results[-1]['images_per_second']:.2f} images/s", flush=True)
 
     import ray
@@ -168,7 +190,7 @@ def main() -> int:
     try:
         for spec in args.actors:
             detect, embed = _pools(spec)
-            results.append(run_build(list_file, detect, embed, workdir))
+            results.append(run_build(list_file, detect, embed, workdir, args.backend))
             print(f"{results[-1]['config']}: {results[-1]['images_per_second']:.2f} images/s",
                   flush=True)
     finally:

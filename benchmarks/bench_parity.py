@@ -40,7 +40,7 @@ def main() -> int:
         if len(dets):
             crops.append(aligner(image, dets.take([select_central_face(dets, image.shape[:2])]))[0])
     x = prewhiten(np.stack(crops))
-    keras_emb = FaceEmbedder(batch_size=32).embed_prewhitened(x)
+    keras_emb = FaceEmbedder(batch_size=32, backend="keras-fp32").embed_prewhitened(x)
     frozen_emb = FrozenGraphEmbedder().embed_prewhitened(x)
     diff = np.abs(keras_emb - frozen_emb)
     cos = np.sum(keras_emb * frozen_emb, axis=1)

@@ -93,7 +93,8 @@ def lfw_embeddings(lfw_dir: Path, people: dict[str, list[Path]], cache: Path = D
         from facenet_platform.core.embedding import FaceEmbedder
         from facenet_platform.core.pipeline import FacePipeline
 
-        pipeline = FacePipeline(embedder=FaceEmbedder(center=None))
+        # fp32: the cache's numbers must not depend on the machine's default backend
+        pipeline = FacePipeline(embedder=FaceEmbedder(center=None, backend="keras-fp32"))
         logger.warning("embedding %d LFW images (%d cached) -> %s", len(missing), len(store), cache)
         t0, done_since_save = time.perf_counter(), 0
         for start in range(0, len(missing), batch_size):

@@ -201,7 +201,7 @@ def test_face_embedder_backend_option(pretrained_model, onnx_cache, face_crops):
 
     crops = face_crops[:3]
     keras_emb = FaceEmbedder(pretrained_model, batch_size=2, model_id=PRETRAINED.model_id,
-                             jit_compile=False)(crops)
+                             jit_compile=False, backend="keras-fp32")(crops)
     onnx_embedder = FaceEmbedder(pretrained_model, batch_size=2, model_id=PRETRAINED.model_id,
                                  backend="onnx-fp32")
     assert onnx_embedder.backend == "onnx-fp32"

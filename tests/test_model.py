@@ -107,7 +107,7 @@ def _parity(model, crops: np.ndarray) -> np.ndarray:
 
     x = prewhiten(crops)
     reference = FrozenGraphEmbedder().embed_prewhitened(x)
-    ours = FaceEmbedder(model, batch_size=8).embed_prewhitened(x)
+    ours = FaceEmbedder(model, batch_size=8, backend="keras-fp32").embed_prewhitened(x)
     diff = np.abs(ours - reference)
     print(f"\nparity on {len(crops)} real face crops: mean {diff.mean():.3g} "
           f"std {diff.std():.3g} max {diff.max():.3g}")

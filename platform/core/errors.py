@@ -34,3 +34,7 @@ class ConfigError(FaceNetPlatformError, ValueError):
 
 class DatasetError(FaceNetPlatformError, ValueError):
     """A dataset (e.g. LFW) or a protocol file is missing or malformed."""
+
+
+class EvaluationInputError(FaceNetPlatformError, ValueError):
+    """Distances, labels or folds given to the evaluation are unusable (shape, NaN, labels, folds)."""

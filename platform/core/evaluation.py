@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from facenet_platform.core.errors import FaceNetPlatformError
+from facenet_platform.core.errors import EvaluationInputError
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ SAME_WHEN = "distance <= threshold"
 #: How far below the smallest / above the largest distance the "accept nothing" / "accept
 #: everything" candidate thresholds lie (half of davidsandberg's 0.01 grid step).
 EDGE_MARGIN = 0.005
-
-
-class EvaluationInputError(FaceNetPlatformError, ValueError):
-    """Distances, labels or folds given to the evaluation are unusable (shape, NaN, labels, folds)."""
 
 
 # --------------------------------------------------------------------------------------------
