@@ -57,25 +57,6 @@ def _configure_logging(verbose: int) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and create its devices with file descriptor 2 pointed at /dev/null.
-
-    TensorFlow's C++ start-up lines (oneDNN notice, CUDA probes) are written straight to fd 2
-    before absl logging is initialised, so TF_CPP_MIN_LOG_LEVEL cannot hide them; -vv keeps them.
-    """
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_logical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``facenet-platform`` console script."""
     from .core.errors import FaceNetPlatformError
@@ -84,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     if args.verbose < 2:
-        _import_tensorflow_quietly()
+        from .core.tensorflow_setup import start_tensorflow
+
+        start_tensorflow(quiet=True)  # TensorFlow's C++ start-up lines; -vv keeps them
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return int(handler(args) or 0)

@@ -317,17 +317,10 @@ class DetectAlign:
 
 
 def _configure_tensorflow(num_threads: int | None) -> None:
-    """Thread pools (must happen before TensorFlow runs anything) and GPU memory growth."""
-    import tensorflow as tf
+    """Thread pools (before TensorFlow runs anything), GPU memory growth, quiet start-up."""
+    from facenet_platform.core.tensorflow_setup import start_tensorflow
 
-    try:
-        if num_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(int(num_threads))
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(num_threads)))
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError as exc:  # already initialised in this process
-        logger.debug("TensorFlow already initialised (%s); keeping its settings", exc)
+    start_tensorflow(num_threads)
 
 
 class Embed:
