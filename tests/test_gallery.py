@@ -380,7 +380,7 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
             assert 1 <= len(face["matches"]) <= 2
             assert [m["distance"] for m in face["matches"]] == sorted(m["distance"] for m in face["matches"])
     assert result[0]["faces"][0]["decision"] == "Serena_Williams"
-    assert result[0]["faces"][0]["matches"][0]["distance"] <= PRETRAINED.threshold
+    assert result[0]["faces"][0]["matches"][0]["distance"] <= PRETRAINED.identify_threshold
     assert result[1]["faces"][0]["decision"] == "unknown"
 
     code, out, _ = cli("identify", held_out, "--index", tmp_path / "idx")
@@ -440,3 +440,170 @@ def test_threshold_follows_the_pretrained_model_unless_fixed(tmp_path, people, m
     assert Gallery.load(tmp_path / "default").threshold == 0.9  # re-derived model threshold
     assert Gallery.load(tmp_path / "fixed").threshold == 0.5
     assert Gallery.load(tmp_path / "custom").threshold == 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# The identification (1:N) threshold
+# ---------------------------------------------------------------------------------------------
+
+def at_distance(face: np.ndarray, distance: float, seed: int = 0) -> np.ndarray:
+    """A unit vector at exactly ``distance`` squared L2 from the unit vector ``face``."""
+    rng = np.random.default_rng(seed)
+    other = rng.normal(size=face.shape)
+    other -= (other @ face) * face
+    other /= np.linalg.norm(other)
+    cos = 1.0 - distance / 2.0
+    return (cos * face + np.sqrt(1.0 - cos ** 2) * other).astype(np.float32)
+
+
+class FakePipeline:
+    """Stands in for FacePipeline: every image holds one face with the given embedding."""
+
+    def __init__(self, embedding: np.ndarray):
+        from types import SimpleNamespace
+
+        self.embedding = np.asarray(embedding, np.float32)
+        self.embedder = SimpleNamespace(model_id=PRETRAINED.model_id, embedding_size=D)
+        self.aligner = SimpleNamespace()
+        self.threshold = PRETRAINED.threshold
+
+    def __call__(self, images):
+        from types import SimpleNamespace
+
+        return [[SimpleNamespace(index=0, box=np.array([1, 2, 30, 40], np.float32),
+                                 landmarks=np.zeros((5, 2), np.float32), score=0.99,
+                                 embedding=self.embedding)] for _ in images]
+
+
+def test_pretrained_identify_threshold_is_stricter_than_verification():
+    assert 0 < PRETRAINED.identify_threshold < PRETRAINED.threshold <= 4
+
+
+def test_identify_threshold_stored_and_reloaded(tmp_path, people, monkeypatch):
+    import dataclasses
+
+    from facenet_platform.core import weights
+
+    default = make_gallery(tmp_path / "default", people)
+    assert default.identify_threshold == PRETRAINED.identify_threshold
+    default.save()
+    fixed = make_gallery(tmp_path / "fixed", people, identify_threshold=0.7)
+    fixed.save()
+    section = read_manifest(IndexLayout.open(tmp_path / "default"))["gallery"]
+    assert section["identify_threshold"] == PRETRAINED.identify_threshold
+    assert section["identify_threshold_source"] == "pretrained"
+    assert section["threshold"] == PRETRAINED.threshold  # the 1:1 one is kept beside it
+    section = read_manifest(IndexLayout.open(tmp_path / "fixed"))["gallery"]
+    assert (section["identify_threshold"], section["identify_threshold_source"]) == (0.7, "fixed")
+
+    assert Gallery.load(tmp_path / "default").identify_threshold == PRETRAINED.identify_threshold
+    assert Gallery.load(tmp_path / "fixed").identify_threshold == 0.7
+    assert Gallery.load(tmp_path / "fixed").threshold == PRETRAINED.threshold
+    # a re-calibrated pretrained value reaches the galleries that follow it, not the fixed one
+    monkeypatch.setattr(weights, "PRETRAINED",
+                        dataclasses.replace(weights.PRETRAINED, identify_threshold=0.6))
+    assert Gallery.load(tmp_path / "default").identify_threshold == 0.6
+    assert Gallery.load(tmp_path / "fixed").identify_threshold == 0.7
+
+
+def test_identify_threshold_of_another_model_falls_back_with_a_warning(tmp_path, caplog):
+    from facenet_platform.index import gallery as gallery_module
+
+    gallery_module._WARNED_NO_IDENTIFY_THRESHOLD.discard("my-finetuned")
+    with caplog.at_level("WARNING", logger="facenet_platform.index.gallery"):
+        custom = Gallery.create(tmp_path / "custom", model_id="my-finetuned", threshold=1.1)
+    assert custom.identify_threshold == 1.1 and custom.identify_threshold_source == "verification"
+    assert "no identification threshold for model 'my-finetuned'" in caplog.text
+    custom.save()
+    section = read_manifest(IndexLayout.open(tmp_path / "custom"))["gallery"]
+    assert section["identify_threshold"] == 1.1
+    assert section["identify_threshold_source"] == "verification"
+    assert Gallery.load(tmp_path / "custom").identify_threshold == 1.1
+    tuned = Gallery.create(tmp_path / "tuned", model_id="my-finetuned", threshold=1.1,
+                           identify_threshold=0.75)
+    tuned.save()
+    assert Gallery.load(tmp_path / "tuned").identify_threshold == 0.75
+    for bad in (-0.1, 4.5, float("nan"), "lenient"):
+        with pytest.raises(ConfigError, match="identify_threshold"):
+            Gallery.create(tmp_path / "bad", identify_threshold=bad)
+
+
+def test_gallery_saved_before_identify_thresholds_loads(tmp_path, people):
+    from facenet_platform.index.layout import update_manifest
+
+    make_gallery(tmp_path / "old", people).save()
+    layout = IndexLayout.open(tmp_path / "old")
+    section = read_manifest(layout)["gallery"]
+    for key in ("identify_threshold", "identify_threshold_source"):
+        del section[key]
+    update_manifest(layout, "gallery", section)
+    assert Gallery.load(tmp_path / "old").identify_threshold == PRETRAINED.identify_threshold
+
+
+def test_decide_boundaries():
+    from facenet_platform.index.identify import UNKNOWN, decide
+
+    t = PRETRAINED.identify_threshold
+    assert decide([Match("Ada", t), Match("Bob", t + 0.1)], t) == "Ada"  # at the threshold: a name
+    assert decide([Match("Ada", np.nextafter(t, 4.0))], t) == UNKNOWN      # just over: unknown
+    assert decide([Match("Ada", 0.0)], 0.0) == "Ada"
+    assert decide([Match("Ada", 1e-9)], 0.0) == UNKNOWN
+    assert decide([Match("Ada", 4.0)], 4.0) == "Ada"
+    assert decide([], 4.0) == UNKNOWN
+
+
+def test_identify_decides_with_the_identification_threshold(tmp_path, people):
+    from facenet_platform.index.identify import identify_faces
+
+    _, faces = people
+    gallery = make_gallery(tmp_path / "idx", people)
+    # between the two thresholds: the same person for 1:1 verification, unknown for 1:N
+    distance = (PRETRAINED.identify_threshold + PRETRAINED.threshold) / 2
+    query = at_distance(faces["person_03"][0], distance)
+    assert brute_force(faces, query)[0] == ("person_03", pytest.approx(distance, abs=1e-5))
+    pipeline = FakePipeline(query)
+    [[face]] = identify_faces(pipeline, gallery, [np.zeros((8, 8, 3), np.uint8)])
+    assert face.decision == "unknown" and face.threshold == PRETRAINED.identify_threshold
+    assert face.matches[0].name == "person_03"
+    [[face]] = identify_faces(pipeline, gallery, [np.zeros((8, 8, 3), np.uint8)],
+                              threshold=PRETRAINED.threshold)
+    assert face.decision == "person_03" and face.threshold == PRETRAINED.threshold
+    # a gallery with a fixed identification threshold decides with that one
+    lenient = make_gallery(tmp_path / "lenient", people, identify_threshold=distance + 0.01)
+    [[face]] = identify_faces(pipeline, lenient, [np.zeros((8, 8, 3), np.uint8)])
+    assert face.decision == "person_03" and face.threshold == distance + 0.01
+
+
+def test_identify_cli_default_threshold_and_override(cli, tmp_path, people):
+    _, faces = people
+    make_gallery(tmp_path / "idx", people).save()
+    distance = (PRETRAINED.identify_threshold + PRETRAINED.threshold) / 2
+    cli.use_pipeline(FakePipeline(at_distance(faces["person_05"][1], distance)))
+    photo = write_good_image(tmp_path / "face.jpg")
+    code, out, err = cli("identify", photo, "--index", tmp_path / "idx", "--json")
+    assert code == 0, err
+    assert json.loads(out)[0]["faces"][0]["decision"] == "unknown"
+    code, out, _ = cli("identify", photo, "--index", tmp_path / "idx")
+    assert code == 0 and "->  unknown" in out
+    assert f"threshold {PRETRAINED.identify_threshold:g})" in out
+    code, out, _ = cli("identify", photo, "--index", tmp_path / "idx", "--threshold",
+                       str(PRETRAINED.threshold))
+    assert code == 0 and "->  person_05" in out and f"threshold {PRETRAINED.threshold:g})" in out
+
+
+def test_bulk_searcher_uses_the_identification_threshold(tmp_path, people):
+    from facenet_platform.index.search import GallerySearcher
+
+    _, faces = people
+    make_gallery(tmp_path / "idx", people).save()
+    distance = (PRETRAINED.identify_threshold + PRETRAINED.threshold) / 2
+    near_face = at_distance(faces["person_01"][0], distance)
+    batch = {"path": np.array(["a.jpg", "b.jpg"], object), "face_index": np.array([0, 0]),
+             "embedding": np.stack([faces["person_01"][0], near_face])}
+    default = GallerySearcher(str(tmp_path / "idx"), top_k=1)
+    assert default.threshold == PRETRAINED.identify_threshold
+    out = default(batch)
+    assert list(out["name"]) == ["person_01", "person_01"]
+    assert list(out["is_match"]) == [True, False]
+    lenient = GallerySearcher(str(tmp_path / "idx"), top_k=1, threshold=PRETRAINED.threshold)
+    assert list(lenient(batch)["is_match"]) == [True, True]

@@ -518,3 +518,13 @@ def test_search_against_the_gallery(built, ray_cluster, tmp_path):
     own = matches[matches["path"] == faces.column("path")[0].as_py()]
     assert own["distance"].min() < 1e-3 and own["is_match"].any()
     assert result.matched == int(matches["is_match"].sum()) >= 1
+    # is_match used the gallery's identification threshold, recorded in the file
+    from facenet_platform.core.weights import PRETRAINED
+
+    assert result.threshold == PRETRAINED.identify_threshold
+    assert pq.read_schema(out).metadata[b"threshold"] == str(PRETRAINED.identify_threshold).encode()
+    assert (matches["is_match"] == (matches["distance"] <= PRETRAINED.identify_threshold)).all()
+    # an explicit threshold overrides it: 4 accepts every match
+    lenient = search_index(index, output=tmp_path / "all.parquet",
+                           options=SearchOptions(top_k=3, threshold=4.0, progress=False))
+    assert lenient.threshold == 4.0 and lenient.matched == lenient.faces

@@ -193,7 +193,8 @@ def test_identify_held_out_photo_and_stranger(service, lfw_gallery):
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
     assert face["decision"] == "Serena_Williams"
     assert len(face["matches"]) == 2
-    assert face["matches"][0]["distance"] <= held_out["threshold"] == PRETRAINED.threshold
+    # identify decides with the identification threshold (verify keeps the 1:1 one)
+    assert face["matches"][0]["distance"] <= held_out["threshold"] == PRETRAINED.identify_threshold
     assert face["matches"][0]["distance"] <= face["matches"][1]["distance"]
 
     stranger = identify(service, lfw_photo("Aaron_Eckhart", 1).read_bytes())
@@ -201,7 +202,7 @@ def test_identify_held_out_photo_and_stranger(service, lfw_gallery):
     assert len(stranger["faces"][0]["matches"]) == 3  # top_k 5, but only 3 people
     # The threshold parameter moves the decision: 4 accepts anyone's nearest identity.
     lenient = identify(service, lfw_photo("Aaron_Eckhart", 1).read_bytes(), threshold=4)
-    assert lenient["faces"][0]["decision"] in ENROLLED
+    assert lenient["faces"][0]["decision"] in ENROLLED and lenient["threshold"] == 4
 
 
 def test_identify_raw_body_and_max_faces(service, lfw_gallery):
@@ -250,6 +251,7 @@ def test_photo_without_a_face_is_an_empty_list(service):
     blank = np.full((200, 300, 3), (120, 160, 200), np.uint8)
     body = identify(service, jpeg_bytes(blank))
     assert body["faces"] == [] and body["image"] == {"width": 300, "height": 200}
+    assert body["threshold"] == PRETRAINED.identify_threshold  # what a face would have met
     response = service.post("/v1/embed", files={"file": ("b.jpg", jpeg_bytes(blank))})
     assert response.status_code == 200 and response.json()["faces"] == []
     response = service.post("/v1/verify", files={"file1": ("b.jpg", jpeg_bytes(blank)),

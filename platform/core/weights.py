@@ -65,6 +65,15 @@ class PretrainedModel:
     # the default pipeline (margin crop, fixed standardization, centred embeddings, no flip),
     # rounded (benchmarks/bench_lfw.py; see benchmarks/RESULTS.md).
     threshold: float
+    # Squared-Euclidean distance at or under which ``identify`` (1:N, open set) names a face's
+    # nearest gallery identity; farther is "unknown". The 1:1 threshold above accepts almost
+    # every stranger against a gallery of a thousand people, so this one is calibrated for
+    # open-set identification on LFW View 1 only (View 2 stays a pure report): gallery = the
+    # peopleDevTrain.txt people with >= 2 images (1,184, first image enrolled), strangers = the
+    # peopleDevTest.txt people (1,711, first image each; no person shared with DevTrain); the
+    # largest threshold (3 decimals) at which at most 5% of strangers get a name (FPIR = 0.05).
+    # Rerun: benchmarks/calibrate_identify_threshold.py (see benchmarks/RESULTS.md).
+    identify_threshold: float
     # File (in facenet_platform/core/data) holding the mean raw embedding of LFW View 1's
     # DevTrain people, (D,) float32; the platform's embedding is l2_normalize(raw - mean)
     # (davidsandberg's --subtract_mean, fixed once instead of per fold). Derived by
@@ -84,6 +93,7 @@ PRETRAINED = PretrainedModel(
     # on LFW it beats per-image prewhitening by about 0.015 accuracy (benchmarks/RESULTS.md).
     standardization="fixed",
     threshold=1.290,
+    identify_threshold=0.845,
     embedding_mean_file="embedding_mean-20180408-102900.npy",
 )
 

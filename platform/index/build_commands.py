@@ -97,6 +97,9 @@ def register(index_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faces", default=None, metavar="FACES",
                    help="faces table: a .parquet file or folder (default: INDEX_DIR's collection)")
     p.add_argument("--top-k", type=_positive_int, default=5, help="matches per face")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="squared L2 distance at or under which a match counts (is_match; "
+                        "default: the gallery's identification threshold)")
     p.add_argument("-o", "--output", default=None, metavar="MATCHES",
                    help="output .parquet file (default INDEX_DIR/matches/matches-<time>.parquet)")
     p.add_argument("--actors", type=_positive_int, default=None,
@@ -135,7 +138,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import SearchOptions, search_index
 
-    options = SearchOptions(top_k=args.top_k, actors=args.actors, batch_size=args.batch_size,
+    options = SearchOptions(top_k=args.top_k, threshold=args.threshold, actors=args.actors,
+                            batch_size=args.batch_size,
                             address=args.address, num_cpus=args.num_cpus,
                             progress=not args.no_progress, log_to_driver=args.verbose > 0)
     summary = search_index(args.index, faces=args.faces, output=args.output, options=options)

@@ -3,7 +3,15 @@
     INDEX_DIR/gallery/faces-v{N}.parquet   id, name, source, content_hash, embedding, model_id, added_at
     INDEX_DIR/gallery/faiss-v{N}.index     IndexIDMap2 over the same ids (see faiss_index.py)
     INDEX_DIR/manifest.json  "gallery"     version N, the two file names, index type + parameters,
-                                           counts, model id, embedding size, threshold, next id
+                                           counts, model id, embedding size, thresholds, next id
+
+Two decision thresholds (squared L2) are stored with the model's identity: ``threshold``, the 1:1
+verification threshold (two faces are the same person), and ``identify_threshold``, the stricter
+1:N open-set one (a face is its nearest enrolled identity rather than ``unknown``). For the
+pretrained model both follow :data:`~facenet_platform.core.weights.PRETRAINED`, also when it is
+re-derived later (``*_source: "pretrained"``); any other value given is fixed in the manifest
+(``"fixed"``). A model of its own without an identification threshold falls back to its
+verification threshold (``"verification"``), with a warning: that accepts far more strangers.
 
 Every face gets a stable ``int64`` id (never reused) that is both its FAISS id and its ``id``
 column, so a search hit maps straight back to its Parquet row.
@@ -64,6 +72,10 @@ class UnknownIdentityError(GalleryError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: Model ids already warned about (once per process) for lacking an identification threshold.
+_WARNED_NO_IDENTIFY_THRESHOLD: set[str] = set()
+
+
 @dataclass(frozen=True)
 class Match:
     """One identity returned by a gallery search: squared L2 distance of its nearest face."""
@@ -112,9 +124,15 @@ class Gallery:
         layout: where the index directory is.
         model_id: id of the embedding model every face must come from.
         embedding_size: length of the embeddings.
-        threshold: same-person squared-L2 threshold of the model. ``None`` (or the pretrained
-            model's own value) for the pretrained model follows ``PRETRAINED.threshold``, also
-            when that is re-derived later; any other value is fixed in the manifest.
+        threshold: 1:1 same-person squared-L2 threshold of the model (verification). ``None``
+            (or the pretrained model's own value) for the pretrained model follows
+            ``PRETRAINED.threshold``, also when that is re-derived later; any other value is
+            fixed in the manifest.
+        identify_threshold: 1:N open-set squared-L2 threshold (identification: at or under it
+            a face is its nearest identity, else unknown). ``None`` (or the pretrained model's
+            own value) for the pretrained model follows ``PRETRAINED.identify_threshold``; for
+            another model ``None`` falls back to ``threshold`` with a warning (calibrate one:
+            benchmarks/calibrate_identify_threshold.py); any other value is fixed.
         index_type: ``"auto"`` or a key of :data:`~facenet_platform.index.faiss_index.INDEX_TYPES`.
         index_params: overrides of the type's parameters (``{"efSearch": 256}``).
         auto_threshold: above this many faces ``"auto"`` picks the approximate index.
@@ -124,7 +142,8 @@ class Gallery:
     """
 
     def __init__(self, layout: IndexLayout, *, model_id: str, embedding_size: int,
-                 threshold: float | None = None, index_type: str = "auto",
+                 threshold: float | None = None, identify_threshold: float | None = None,
+                 index_type: str = "auto",
                  index_params: dict[str, Any] | None = None,
                  auto_threshold: int = fx.DEFAULT_AUTO_THRESHOLD,
                  pipeline: dict[str, Any] | None = None):
@@ -143,7 +162,26 @@ class Gallery:
             logger.warning("no threshold given for model %r; using the pretrained model's %.3f "
                            "(pass the model's own)", model_id, PRETRAINED.threshold)
             threshold = PRETRAINED.threshold
-        self._threshold = None if follows else float(threshold)
+        self._threshold = None if follows else _check_threshold(threshold, "threshold")
+        pretrained = model_id == PRETRAINED.model_id
+        if identify_threshold is not None:
+            identify_threshold = _check_threshold(identify_threshold, "identify_threshold")
+        # None: follows PRETRAINED.identify_threshold (pretrained model) or, for another model,
+        # the verification threshold (self._identify_fallback).
+        self._identify_fallback = identify_threshold is None and not pretrained
+        if pretrained and identify_threshold in (None, PRETRAINED.identify_threshold):
+            self._identify_threshold = None
+        elif identify_threshold is None:
+            self._identify_threshold = None
+            if model_id not in _WARNED_NO_IDENTIFY_THRESHOLD:
+                _WARNED_NO_IDENTIFY_THRESHOLD.add(model_id)
+                logger.warning(
+                    "no identification threshold for model %r; identify uses its verification "
+                    "threshold %.3f, which accepts many strangers in a large gallery (calibrate "
+                    "one with benchmarks/calibrate_identify_threshold.py and pass it as "
+                    "identify_threshold, or give identify a threshold)", model_id, self.threshold)
+        else:
+            self._identify_threshold = identify_threshold
         self.index_type_setting = index_type
         self.index_param_overrides = dict(index_params or {})
         self.auto_threshold = int(auto_threshold)
@@ -242,6 +280,9 @@ class Gallery:
                           embedding_size=section["embedding_size"],
                           threshold=(None if section.get("threshold_source") == "pretrained"
                                      else section.get("threshold")),
+                          identify_threshold=(
+                              section.get("identify_threshold")
+                              if section.get("identify_threshold_source") == "fixed" else None),
                           index_type=section.get("index_type_setting", "auto"),
                           index_params=section.get("index_param_overrides"),
                           auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD),
@@ -299,12 +340,34 @@ class Gallery:
 
     @property
     def threshold(self) -> float:
-        """Same-person squared-L2 distance threshold of the gallery's model."""
+        """1:1 same-person squared-L2 distance threshold of the gallery's model (verification)."""
         if self._threshold is None:
             from facenet_platform.core.weights import PRETRAINED
 
             return PRETRAINED.threshold
         return self._threshold
+
+    @property
+    def identify_threshold(self) -> float:
+        """1:N open-set squared-L2 threshold: at or under it a face is its nearest identity.
+
+        The pretrained model's calibrated ``PRETRAINED.identify_threshold`` unless fixed; for
+        another model without one, its verification :attr:`threshold`.
+        """
+        if self._identify_threshold is not None:
+            return self._identify_threshold
+        if self._identify_fallback:
+            return self.threshold
+        from facenet_platform.core.weights import PRETRAINED
+
+        return PRETRAINED.identify_threshold
+
+    @property
+    def identify_threshold_source(self) -> str:
+        """``"pretrained"``, ``"fixed"`` or ``"verification"`` (fallback), as in the manifest."""
+        if self._identify_threshold is not None:
+            return "fixed"
+        return "verification" if self._identify_fallback else "pretrained"
 
     def is_current(self) -> bool:
         """Whether the manifest still names the version this gallery was loaded from or saved as
@@ -502,6 +565,8 @@ class Gallery:
             "embedding_size": self.embedding_size,
             "threshold": self.threshold,
             "threshold_source": "pretrained" if self._threshold is None else "fixed",
+            "identify_threshold": self.identify_threshold,
+            "identify_threshold_source": self.identify_threshold_source,
             "pipeline": self.pipeline,
             "next_id": self._next_id,
         })
@@ -659,6 +724,17 @@ def _load_index(layout: IndexLayout, path: str, type_name: str, *, mmap: bool):
         return fx.deserialize_index(layout.read_bytes(path))
     except (RuntimeError, OSError) as exc:
         raise GalleryError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]})") from exc
+
+
+def _check_threshold(value, what: str) -> float:
+    """``value`` as a float squared L2 distance in [0, 4] (ConfigError otherwise)."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if not 0.0 <= threshold <= 4.0:  # squared L2 of unit vectors; NaN fails too
+        raise ConfigError(f"{what} must be a squared L2 distance in [0, 4], got {threshold}")
+    return threshold
 
 
 def check_name(name: str) -> str:

@@ -84,7 +84,8 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--top-k", type=int, default=5, help="identities listed per face (default 5)")
     p.add_argument("--threshold", type=float, default=None,
                    help="squared L2 distance at or under which a face is the nearest identity "
-                        "(default: the gallery model's)")
+                        "(default: the gallery's identification threshold, stricter than the "
+                        "1:1 verification one)")
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
     _pipeline_options(p)
@@ -312,7 +313,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print(json.dumps([{"path": str(path), "faces": [f.to_dict() for f in faces]}
                           for path, faces in results], indent=2))
     else:
-        threshold = gallery.threshold if args.threshold is None else args.threshold
+        threshold = gallery.identify_threshold if args.threshold is None else args.threshold
         for path, faces in results:
             print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
             for i, face in enumerate(faces):

@@ -7,8 +7,11 @@
      "decision": "Ada_Lovelace" | "unknown",
      "matches": [{"name": "Ada_Lovelace", "distance": 0.612}, ...]}
 
-The decision is the nearest identity when its squared L2 distance is at or under the threshold
-(the gallery's model threshold unless given), else ``"unknown"``.
+The decision is the nearest identity when its squared L2 distance is at or under the threshold,
+else ``"unknown"``. The default threshold is the gallery's *identification* threshold
+(:attr:`Gallery.identify_threshold`, calibrated for 1:N open-set use;
+``PRETRAINED.identify_threshold`` for the pretrained model), stricter than the 1:1
+verification threshold that ``verify`` uses; a threshold given explicitly overrides it.
 """
 
 from __future__ import annotations
@@ -72,7 +75,12 @@ class IdentifiedFace:
 
 
 def decide(matches: Sequence[Match], threshold: float) -> str:
-    """The nearest identity's name when within ``threshold``, else :data:`UNKNOWN`."""
+    """The nearest identity's name when within ``threshold``, else :data:`UNKNOWN`.
+
+    Args:
+        matches: identities sorted by ascending squared L2 distance (only the first is used).
+        threshold: squared L2 distance; a match exactly at the threshold is accepted.
+    """
     if matches and matches[0].distance <= threshold:
         return matches[0].name
     return UNKNOWN
@@ -127,14 +135,15 @@ def identify_faces(pipeline, gallery: Gallery, images: Sequence[np.ndarray], top
         gallery: the enrolled identities.
         images: ``(H, W, 3) uint8`` RGB arrays.
         top_k: identities listed per face.
-        threshold: squared L2 decision threshold (default ``gallery.threshold``).
+        threshold: squared L2 decision threshold (default ``gallery.identify_threshold``,
+            the open-set identification threshold; not the 1:1 verification one).
 
     Returns:
         Per image, its faces (highest detection score first); an image without faces gives [].
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    threshold = gallery.threshold if threshold is None else float(threshold)
+    threshold = gallery.identify_threshold if threshold is None else float(threshold)
     if not np.isfinite(threshold) or threshold < 0:
         raise ConfigError(f"threshold must be a non-negative number, got {threshold}")
     check_compatible(pipeline, gallery)

@@ -14,7 +14,8 @@ face_index     int32: the face within the image
 rank           int16: 0 = nearest identity
 name           str: identity
 distance       float32: squared L2 distance to the identity's nearest gallery face
-is_match       bool: ``distance <= threshold`` (the gallery's same-person threshold)
+is_match       bool: ``distance <= threshold`` (the gallery's identification threshold unless
+               ``SearchOptions.threshold`` / ``--threshold`` is given; in the file's metadata)
 =============  ======================================================================
 
 The faces table is the collection of ``INDEX_DIR`` by default (what ``index build`` wrote), or
@@ -60,9 +61,14 @@ _NEEDED = ("path", "face_index", "embedding", "model_id")
 
 @dataclass
 class SearchOptions:
-    """Options of :func:`search_index` (``actors=None``: half the cluster's CPUs, 1..4)."""
+    """Options of :func:`search_index` (``actors=None``: half the cluster's CPUs, 1..4).
+
+    ``threshold``: squared L2 distance for ``is_match``; ``None`` uses the gallery's
+    identification threshold (:attr:`~facenet_platform.index.gallery.Gallery.identify_threshold`).
+    """
 
     top_k: int = 5
+    threshold: float | None = None
     actors: int | None = None
     actor_cpus: float = 1.0
     batch_size: int = 1024
@@ -99,7 +105,8 @@ class SearchSummary:
 class GallerySearcher:
     """Ray Data actor: a batch of faces -> their top-k gallery identities (long format)."""
 
-    def __init__(self, index_dir: str, top_k: int = 5, num_threads: int | None = 1):
+    def __init__(self, index_dir: str, top_k: int = 5, num_threads: int | None = 1,
+                 threshold: float | None = None):
         if num_threads:
             try:
                 import faiss
@@ -111,12 +118,14 @@ class GallerySearcher:
 
         self.gallery = Gallery.load(index_dir)
         self.top_k = int(top_k)
+        self.threshold = (self.gallery.identify_threshold if threshold is None
+                          else float(threshold))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         emb = batch["embedding"]
         emb = np.stack(emb) if emb.dtype == object else np.asarray(emb)
         results = self.gallery.search(np.asarray(emb, np.float32), self.top_k)
-        threshold = self.gallery.threshold
+        threshold = self.threshold
         src, rank, names, dist = [], [], [], []
         for i, matches in enumerate(results):
             for r, match in enumerate(matches):
@@ -192,9 +201,14 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     options = options or SearchOptions()
     if options.top_k < 1 or options.batch_size < 1:
         raise ConfigError("top_k and batch_size must be >= 1")
+    if options.threshold is not None and not 0.0 <= options.threshold <= 4.0:
+        raise ConfigError(f"threshold must be a squared L2 distance in [0, 4], got "
+                          f"{options.threshold}")
     start = time.monotonic()
     layout = IndexLayout.open(index_dir)
     gallery = Gallery.load(os.fspath(index_dir))  # fails fast without a gallery
+    threshold = (gallery.identify_threshold if options.threshold is None
+                 else float(options.threshold))
     paths, fs, schema = _faces_source(layout, None if faces is None else os.fspath(faces))
     missing = [c for c in _NEEDED if c not in schema.names]
     if missing:
@@ -233,13 +247,14 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
                         fn_constructor_kwargs={"index_dir": os.fspath(index_dir),
                                                "top_k": options.top_k,
-                                               "num_threads": max(1, round(actor_cpus))})
+                                               "num_threads": max(1, round(actor_cpus)),
+                                               "threshold": threshold})
 
-    summary = SearchSummary(faces=n_faces, output=shown, threshold=gallery.threshold,
+    summary = SearchSummary(faces=n_faces, output=shown, threshold=threshold,
                             identities=len(gallery.identities()))
     out_fs.create_dir(out_path.rsplit("/", 1)[0], recursive=True)
     tmp = f"{out_path.rsplit('/', 1)[0]}/.{out_path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-    schema_out = MATCHES_SCHEMA.with_metadata({"threshold": str(gallery.threshold),
+    schema_out = MATCHES_SCHEMA.with_metadata({"threshold": str(threshold),
                                                "model_id": gallery.model_id,
                                                "top_k": str(options.top_k)})
     try:

@@ -318,7 +318,8 @@ class FaceAPI:
                                      description="identities listed per face (default 5)"),
         threshold: Optional[float] = Query(None, ge=0, le=4, description=(
             "squared L2 distance at or under which a face is its nearest identity (default: "
-            "the model's LFW-selected threshold)")),
+            "the gallery's identification threshold, calibrated for 1:N open-set use and "
+            "stricter than verify's 1:1 threshold)")),
         max_faces: Optional[int] = Query(None, ge=1, description=(
             "faces considered per photo, highest detection score first (default 20)")),
     ):
@@ -332,12 +333,12 @@ class FaceAPI:
                                      await self._body(request))
         det = await self._detect_one(source, data, self._max_faces(max_faces))
         top_k = top_k or self.args.top_k
-        if len(det) == 0:
+        if len(det) == 0:  # no search, but the same threshold a search would have used
             info = await self._model_info()
-            return {"faces": [], "image": {"width": det.width, "height": det.height},
-                    "threshold": info["threshold"] if threshold is None else threshold,
-                    "detected": det.n_detected}
-        embeddings = await self._embed(det.crops)
+            embeddings = np.zeros((0, int(info["embedding_size"])), np.float32)
+        else:
+            embeddings = await self._embed(det.crops)
+        # The gallery's identification (1:N) threshold, not the embedder's 1:1 one.
         version, gallery_threshold, matches = await self._call(self.searcher.search,
                                                                embeddings, top_k)
         thr = gallery_threshold if threshold is None else float(threshold)

@@ -318,10 +318,14 @@ class Searcher:
         return gallery
 
     def search(self, embeddings: np.ndarray, top_k: int) -> tuple[int, float, list]:
-        """``(gallery version, gallery threshold, per query [Match, ...])``."""
+        """``(gallery version, identification threshold, per query [Match, ...])``.
+
+        The threshold is the gallery's 1:N one (:attr:`Gallery.identify_threshold`), the
+        default of the identify decision; ``embeddings`` may have no rows.
+        """
         gallery = self._current()
         self.searches += 1
-        return gallery.version, gallery.threshold, gallery.search(embeddings, top_k)
+        return gallery.version, gallery.identify_threshold, gallery.search(embeddings, top_k)
 
     def identities(self) -> tuple[int, dict[str, int]]:
         gallery = self._current()
@@ -331,7 +335,8 @@ class Searcher:
         gallery = self._current()
         return {"replica": _replica_id(), "version": gallery.version,
                 "model_id": gallery.model_id, "embedding_size": gallery.embedding_size,
-                "threshold": gallery.threshold, "faces": len(gallery),
+                "threshold": gallery.threshold,
+                "identify_threshold": gallery.identify_threshold, "faces": len(gallery),
                 "identities": len(gallery.identities()), "index_type": gallery.index_type,
                 "reloads": self.reloads, "searches": self.searches}
 
