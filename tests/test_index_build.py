@@ -528,3 +528,61 @@ def test_search_against_the_gallery(built, ray_cluster, tmp_path):
     lenient = search_index(index, output=tmp_path / "all.parquet",
                            options=SearchOptions(top_k=3, threshold=4.0, progress=False))
     assert lenient.threshold == 4.0 and lenient.matched == lenient.faces
+
+
+# --------------------------------------------------------------------------------------------
+# deleted and changed files
+
+
+def test_listing_covers_what_its_folders_and_globs_would_list(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a" / "b" / "x.png")
+    listing = list_sources([str(tmp_path / "a"), str(tmp_path / "g" / "*.jpg")])
+    root = str(tmp_path)
+    assert listing.covers(f"{root}/a/b/gone.jpg")            # under a listed folder
+    assert listing.covers(f"{root}/g/gone.jpg")              # matches a listed glob
+    assert not listing.covers(f"{root}/g/sub/gone.jpg")      # * stays inside one folder
+    assert not listing.covers(f"{root}/a/.hidden/gone.jpg")  # hidden: never listed
+    assert not listing.covers(f"{root}/a/notes.txt")         # not an image name
+    assert not listing.covers(f"{root}/elsewhere/gone.jpg")  # another SOURCE's file
+    explicit = list_sources([str(tmp_path / "a" / "b" / "x.png")])
+    assert not explicit.covers(f"{root}/a/b/gone.jpg")       # a file SOURCE covers nothing else
+
+
+def _live_rows(index) -> list[tuple[str, int, str]]:
+    table = read_faces(index, columns=["content_hash", "face_index", "path"])
+    return sorted(zip(table.column("content_hash").to_pylist(),
+                      table.column("face_index").to_pylist(), table.column("path").to_pylist()))
+
+
+def test_deleted_and_changed_files_leave_the_index(ray_cluster, photos, tmp_path):
+    """After deleting one photo and overwriting another, a re-run equals a fresh build; a
+    photo that comes back is live again without being processed."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    faces = [Path(shutil.copy(f, src / f"{i}-{f.name}")) for i, f in enumerate(photos["faces"][:3])]
+    copy = Path(shutil.copy(faces[1], src / "copy.jpg"))  # same content as faces[1]
+    index = tmp_path / "index"
+    first = build_index([str(src)], index, options=BuildOptions(**SMALL))
+    assert first.files_removed == 0 and first.total_files == 4
+
+    deleted_bytes = faces[0].read_bytes()
+    faces[0].unlink()                                       # deleted
+    faces[1].unlink()                                       # deleted, but copy.jpg keeps its content
+    Image.fromarray(np.full((90, 120, 3), 60, np.uint8)).save(faces[2], format="JPEG")  # changed
+    second = build_index([str(src)], index, options=BuildOptions(**SMALL))
+    assert second.files_removed == 2 and second.files_new == 1  # the changed file is re-read
+    fresh = tmp_path / "fresh"
+    reference = build_index([str(src)], fresh, options=BuildOptions(**SMALL))
+    assert _live_rows(index) == _live_rows(fresh)
+    assert all(path == str(copy) for _, _, path in _live_rows(index))  # renamed to the live copy
+    assert (second.total_faces, second.total_files) == (reference.total_faces, reference.total_files)
+    files = read_files(index)
+    assert dict(zip(files.column("path").to_pylist(), files.column("status").to_pylist()))[
+        str(faces[0])] == "removed"
+    assert read_faces(index, include_removed=True).num_rows > read_faces(index).num_rows
+
+    faces[0].write_bytes(deleted_bytes)                     # it comes back
+    third = build_index([str(src)], index, options=BuildOptions(**SMALL))
+    assert third.files_new == 0 and third.files_skipped_known == 3 and third.files_removed == 0
+    assert str(faces[0]) in {path for _, _, path in _live_rows(index)}

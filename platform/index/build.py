@@ -25,7 +25,13 @@ What a build does:
    seconds, atomically (staging + commit record + rename, :meth:`CollectionStore.commit`), so a
    build killed at any point and started again ends with the same faces as a clean build: no
    face lost, none twice (faces are keyed by ``(content_hash, face_index)``).
-6. Update the ``collection`` section of ``manifest.json`` and return a :class:`BuildSummary`.
+6. **Prune.** A path of the files log that a folder or glob SOURCE covers but did not list any
+   more (the file was deleted or renamed) gets a ``removed`` row; a path whose bytes changed
+   gets its new content. Readers then show only the faces of live content
+   (:func:`~.collection.live_content`), so a re-run on the same SOURCE equals a fresh build of
+   what is there now. Faces are never rewritten: the same content coming back is live again at
+   no cost.
+7. Update the ``collection`` section of ``manifest.json`` and return a :class:`BuildSummary`.
 
 Ray: an initialised Ray is used as is; otherwise ``ray.init(address)`` with ``address`` from
 the options or ``$RAY_ADDRESS`` (checked for reachability first, so a wrong address fails in
@@ -58,8 +64,9 @@ from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
 from facenet_platform.core.facetable import fixed_size_list
 
 from .collection import (FACES, FAILURES, FAILURES_SCHEMA, FILES, FILES_SCHEMA, SCHEMA_VERSION,
-                         STATUS_FAILED, STATUS_INDEXED, STATUS_NO_FACE, CollectionStore,
-                         faces_table_schema, latest_per_path, new_run_id)
+                         STATUS_FAILED, STATUS_INDEXED, STATUS_NO_FACE, STATUS_REMOVED,
+                         CollectionStore, faces_table_schema, latest_per_path, live_content,
+                         new_run_id)
 from .layout import IndexLayout, read_manifest, update_manifest
 from .sources import SourceFile, is_uri, list_sources
 
@@ -75,7 +82,9 @@ __all__ = ["BuildJobError", "BuildOptions", "BuildSummary", "RayConnectionError"
 #: ``kill_detect_worker=DIR[:N]`` / ``kill_embed_worker=DIR[:N]`` (that actor's process exits
 #: on its N-th batch, once: ``DIR/<key>.done`` marks it done, so the restarted actor carries on),
 #: ``fail_detect_path=SUBSTR`` / ``fail_embed_path=SUBSTR`` (that stage raises on paths
-#: containing SUBSTR), ``fail_detect_init=1`` (the detection actors cannot start: the job fails).
+#: containing SUBSTR), ``fail_detect_init=1`` (the detection actors cannot start: the job fails),
+#: ``delay_embed=SECONDS`` (every embedding batch sleeps that long: a build that stays busy long
+#: enough for a test to kill a node in the middle of it).
 FAULTS_ENV = "FACENET_INDEX_FAULTS"
 _FAULT_EXIT_CODE = 75
 
@@ -263,7 +272,9 @@ class BuildSummary:
     """What one :func:`build_index` call did.
 
     ``files_seen`` = ``files_new`` + ``files_skipped_known`` + ``files_duplicate`` + read
-    failures (files that could not even be hashed). ``failures`` counts files of this run that
+    failures (files that could not even be hashed). ``files_removed``: indexed paths under a
+    SOURCE folder or glob that are gone (their faces are no longer shown); ``total_faces`` and
+    ``total_files`` count what is live after this call. ``failures`` counts files of this run that
     failed at any stage (they are recorded; the build still succeeds). ``images_per_second`` is
     ``files_new / seconds`` (whole call, Ray start-up included); ``pipeline_seconds`` times the
     Ray Data job alone, ``first_result_seconds`` until its first output batch (actor start-up:
@@ -291,6 +302,7 @@ class BuildSummary:
     model_id: str = ""
     total_faces: int = 0
     total_files: int = 0
+    files_removed: int = 0
     plan: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,7 +321,9 @@ class BuildSummary:
             f"files:    {self.files_seen} seen: {self.files_new} new, "
             f"{self.files_skipped_known} already indexed, {self.files_duplicate} duplicate "
             f"content" + (f", {self.files_ignored} non-image files ignored"
-                          if self.files_ignored else ""),
+                          if self.files_ignored else "")
+            + (f", {self.files_removed} gone since the last build (removed)"
+               if self.files_removed else ""),
             f"faces:    {self.faces} added from {self.files_with_faces} files "
             f"({self.files_no_face} without a face); index now holds {self.total_faces} faces, "
             f"{self.total_files} files",
@@ -452,6 +466,11 @@ class _Committer:
         """``source`` has content that is already indexed: record the path only."""
         self.files.append(self._file_row(source.path, content_hash, source.size,
                                          source.mtime_ns, state))
+
+    def add_removed(self, path: str, content_hash: str) -> None:
+        """``path`` (last seen with ``content_hash``) no longer exists."""
+        self.files.append(self._file_row(path, content_hash, 0, 0,
+                                         _FileState(STATUS_REMOVED, 0, None, None)))
 
     def add_read_failure(self, path: str, reason: str) -> None:
         self.counts["failed_read"] += 1
@@ -650,13 +669,17 @@ def _known_states(files_log: pa.Table, retry_failed: bool
     by_hash: dict[str, _FileState] = {}
     cols = latest.to_pydict() if latest.num_rows else {}
     for i in range(latest.num_rows):
+        if cols["status"][i] == STATUS_REMOVED:
+            continue  # a deleted path: if it comes back it is hashed again
         h = cols["content_hash"][i]
         by_path[cols["path"][i]] = (cols["size"][i], cols["mtime_ns"][i], h)
     # Every content ever processed (all rows, not only the latest per path): the state of a
-    # hash is that of its last processing.
+    # hash is that of its last processing (its faces stay stored after its paths are removed).
     allcols = files_log.select(["content_hash", "status", "faces", "image_width",
                                 "image_height"]).to_pydict() if files_log.num_rows else {}
     for i in range(files_log.num_rows):
+        if allcols["status"][i] == STATUS_REMOVED:
+            continue
         state = _FileState(allcols["status"][i], allcols["faces"][i], allcols["image_width"][i],
                            allcols["image_height"][i])
         by_hash[allcols["content_hash"][i]] = state
@@ -828,6 +851,14 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
                 new_hashes.add(content_hash)
                 work.append(f)
         summary.files_new = len(work)
+        listed = {f.path for f in listing.files}
+        for path, (_, _, content_hash) in by_path.items():
+            if path not in listed and listing.covers(path):
+                committer.add_removed(path, content_hash)
+                summary.files_removed += 1
+        if summary.files_removed:
+            logger.info("%d indexed file(s) are gone from the SOURCE folders/globs: marked removed",
+                        summary.files_removed)
 
         # 3. the Ray Data job
         plan = None
@@ -880,10 +911,12 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         summary.model_id = committer.model_id or model_id or (
             PRETRAINED.model_id if options.model is None else "")
         all_commits = commits + committer.commit_records
-        summary.total_faces = sum(r.get("counts", {}).get(FACES, 0) for r in all_commits)
-        files_now = store.read(FILES, columns=["path"], commits=all_commits) if all_commits \
-            else None
-        summary.total_files = len(set(files_now.column("path").to_pylist())) if files_now else 0
+        if all_commits:
+            live = live_content(store.read(FILES, commits=all_commits))
+            hashes = store.read(FACES, columns=["content_hash"], commits=all_commits)
+            summary.total_faces = sum(1 for h in hashes.column("content_hash").to_pylist()
+                                      if live.is_live(h))
+            summary.total_files = sum(len(paths) for paths in live.paths.values())
         summary.seconds = time.monotonic() - start
         summary.images_per_second = summary.files_new / summary.seconds if summary.seconds else 0.0
         if work:

@@ -27,6 +27,14 @@ is also safe: only committed files are ever moved there.
 **Row identity.** A face is identified by ``(content_hash, face_index)``: the sha256 of the
 file's bytes and the face's rank by detection score. ``files`` is an append-only log: the last
 row of a path (in commit order) is its current state. ``failures`` is a log of failure events.
+
+**Deleted and changed files.** When a file that a build's SOURCE covers is gone, the build
+appends a ``removed`` row for its path; when a path's bytes change, its new row names the new
+content hash. Faces stay in their part files (deletion is logical), and the readers here show
+only *live* faces: those whose content hash is the current content of at least one path that is
+not removed (:func:`live_content`), with ``path`` naming a live path of that content. Read
+``faces/*.parquet`` directly and you also see the faces of deleted or replaced files: join with
+the live rows of ``files`` (``read_files()``) to drop them.
 """
 
 from __future__ import annotations
@@ -63,7 +71,11 @@ __all__ = [
     "STATUS_FAILED",
     "STATUS_INDEXED",
     "STATUS_NO_FACE",
+    "STATUS_REMOVED",
     "committed_paths",
+    "drop_dead_faces",
+    "live_content",
+    "moved_content",
     "faces_table_schema",
     "read_failures",
     "read_faces",
@@ -84,6 +96,9 @@ STATUS_INDEXED = "indexed"
 STATUS_NO_FACE = "no_face"
 #: ``files.status``: the file failed at decode, detect or embed (reason in ``failures``).
 STATUS_FAILED = "failed"
+#: ``files.status``: the path is gone (deleted since it was indexed); its content's faces are
+#: no longer shown unless another live path has the same content.
+STATUS_REMOVED = "removed"
 
 _TS = pa.timestamp("ms", tz="UTC")
 
@@ -104,7 +119,7 @@ FILES_SCHEMA = pa.schema([
     pa.field("content_hash", pa.string(), nullable=False),
     pa.field("size", pa.int64(), nullable=False),            # bytes, as listed
     pa.field("mtime_ns", pa.int64(), nullable=False),        # as listed; (path, size, mtime) cache key
-    pa.field("status", pa.string(), nullable=False),         # indexed | no_face | failed
+    pa.field("status", pa.string(), nullable=False),         # indexed | no_face | failed | removed
     pa.field("faces", pa.int32(), nullable=False),
     pa.field("image_width", pa.int32(), nullable=True),      # null when the file did not decode
     pa.field("image_height", pa.int32(), nullable=True),
@@ -370,14 +385,99 @@ def _store(index_dir: str | os.PathLike | IndexLayout) -> CollectionStore:
     return CollectionStore(layout)
 
 
+@dataclass(frozen=True)
+class LiveContent:
+    """Which content hashes of the files log are current, and under which paths."""
+
+    #: content hash -> the live paths whose current content it is (sorted)
+    paths: dict[str, list[str]]
+    #: hashes that were indexed at some point but are no path's current content any more
+    dead: frozenset[str]
+
+    def is_live(self, content_hash: str) -> bool:
+        return content_hash in self.paths
+
+
+def live_content(files_log: pa.Table) -> LiveContent:
+    """The live content of a ``files`` log (all rows, in commit order)."""
+    latest = latest_per_path(files_log)
+    paths: dict[str, list[str]] = {}
+    if latest.num_rows:
+        cols = latest.select(["path", "content_hash", "status"]).to_pydict()
+        for path, h, status in zip(cols["path"], cols["content_hash"], cols["status"]):
+            if status != STATUS_REMOVED:
+                paths.setdefault(h, []).append(path)
+    ever = set(files_log.column("content_hash").to_pylist()) if files_log.num_rows else set()
+    return LiveContent({h: sorted(p) for h, p in paths.items()}, frozenset(ever - set(paths)))
+
+
+def moved_content(files_log: pa.Table, live: LiveContent) -> dict[str, list[str]]:
+    """Live hashes that some no-longer-live path once had -> their live paths: the faces whose
+    stored ``path`` may need replacing (usually none)."""
+    if files_log.num_rows == 0:
+        return {}
+    cols = files_log.select(["path", "content_hash"]).to_pydict()
+    return {h: live.paths[h] for p, h in zip(cols["path"], cols["content_hash"])
+            if h in live.paths and p not in live.paths[h]}
+
+
+def drop_dead_faces(batch: dict[str, Any], dead: frozenset[str] | set[str],
+                    moved: dict[str, list[str]]) -> dict[str, Any]:
+    """A numpy batch of faces (Ray Data ``map_batches``) without dead content, with ``path``
+    set to a live path where the stored one is gone (see :func:`live_faces`)."""
+    import numpy as np
+
+    hashes = np.asarray(batch["content_hash"]).astype(str)
+    keep = ~np.isin(hashes, np.array(sorted(dead), dtype=str)) if dead else np.ones(len(hashes), bool)
+    out = {k: np.asarray(v)[keep] for k, v in batch.items()}
+    if moved and "path" in out:
+        paths = np.asarray(out["path"], dtype=object)
+        for i, h in enumerate(hashes[keep]):
+            if h in moved and paths[i] not in moved[h]:
+                paths[i] = moved[h][0]
+        out["path"] = paths
+    return out
+
+
+def live_faces(faces: pa.Table, live: LiveContent) -> pa.Table:
+    """``faces`` without the faces of dead content, ``path`` set to a live path of the content
+    where the stored one is no longer live (needs the ``content_hash`` column)."""
+    import pyarrow.compute as pc
+
+    if faces.num_rows == 0 or "content_hash" not in faces.column_names:
+        return faces
+    if live.dead:
+        faces = faces.filter(pc.invert(pc.is_in(faces.column("content_hash"),
+                                                pa.array(sorted(live.dead), pa.string()))))
+    if "path" in faces.column_names and faces.num_rows:
+        hashes = faces.column("content_hash").to_pylist()
+        stored = faces.column("path").to_pylist()
+        fixed = [p if p in live.paths.get(h, (p,)) else live.paths[h][0]
+                 for h, p in zip(hashes, stored)]
+        if fixed != stored:
+            index = faces.column_names.index("path")
+            faces = faces.set_column(index, faces.schema.field("path"),
+                                     pa.array(fixed, faces.schema.field("path").type))
+    return faces
+
+
 def read_faces(index_dir: str | os.PathLike | IndexLayout,
-               columns: Sequence[str] | None = None) -> pa.Table:
-    """The collection's faces (schema :func:`faces_table_schema`), one row per face."""
-    return _store(index_dir).read(FACES, columns)
+               columns: Sequence[str] | None = None, *, include_removed: bool = False) -> pa.Table:
+    """The collection's live faces (schema :func:`faces_table_schema`), one row per face.
+
+    ``include_removed``: also the faces of deleted or replaced files (as stored)."""
+    store = _store(index_dir)
+    if include_removed:
+        return store.read(FACES, columns)
+    wanted = list(columns) if columns is not None else None
+    read_cols = wanted if wanted is None or "content_hash" in wanted else [*wanted, "content_hash"]
+    faces = live_faces(store.read(FACES, read_cols), live_content(store.read(FILES)))
+    return faces if wanted is None or "content_hash" in wanted else faces.drop(["content_hash"])
 
 
 def read_files(index_dir: str | os.PathLike | IndexLayout, *, latest: bool = True) -> pa.Table:
-    """Processed files (:data:`FILES_SCHEMA`); with ``latest``, one row per path (its last)."""
+    """Processed files (:data:`FILES_SCHEMA`); with ``latest``, one row per path (its last,
+    which is a ``removed`` row for a deleted file)."""
     table = _store(index_dir).read(FILES)
     return latest_per_path(table) if latest else table
 

@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 
 from facenet_platform.core.errors import ConfigError, DatasetError
 
-from .collection import FACES, CollectionStore
+from .collection import (FACES, FILES, CollectionStore, drop_dead_faces, live_content,
+                         moved_content)
 from .layout import IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,16 @@ def _model_ids(paths: list[str], fs: pafs.FileSystem) -> tuple[set[str], int]:
     return set(table.column("model_id").unique().to_pylist()), table.num_rows
 
 
+def _dead_faces(paths: list[str], fs: pafs.FileSystem, dead: frozenset[str]) -> int:
+    """How many stored faces belong to content that is no longer live."""
+    import pyarrow.dataset as pads
+
+    if not dead:
+        return 0
+    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["content_hash"])
+    return sum(1 for h in table.column("content_hash").to_pylist() if h in dead)
+
+
 def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | None = None,
                  output: str | os.PathLike | None = None,
                  options: SearchOptions | None = None) -> SearchSummary:
@@ -243,6 +254,14 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     actor_cpus = min(options.actor_cpus, max(0.25, (cpus - 0.25) / actors))
     columns = [c for c in ("path", "content_hash", "face_index", "embedding") if c in schema.names]
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
+    if faces is None:  # the collection: only the faces of files that are still there
+        files_log = CollectionStore(layout).read(FILES)
+        live = live_content(files_log)
+        moved = moved_content(files_log, live)
+        if live.dead or moved:
+            n_faces -= _dead_faces(paths, fs, live.dead)
+            ds = ds.map_batches(drop_dead_faces, batch_format="numpy",
+                                fn_kwargs={"dead": live.dead, "moved": moved})
     ds = ds.map_batches(GallerySearcher, batch_size=options.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
                         fn_constructor_kwargs={"index_dir": os.fspath(index_dir),

@@ -64,6 +64,25 @@ class SourceListing:
     files: list[SourceFile] = field(default_factory=list)
     ignored: int = 0  # files under a folder or glob that are not images (junk, sidecars, ...)
     excluded: int = 0  # files skipped because they live inside the index directory itself
+    #: what the folders and globs covered, as ``("dir", root)`` or ``("glob", prefix, pattern)``:
+    #: a path they cover that is not in ``files`` no longer exists (see :meth:`covers`)
+    scopes: list[tuple[str, ...]] = field(default_factory=list)
+
+    def covers(self, path: str) -> bool:
+        """Whether listing these SOURCEs would have listed ``path`` if it still existed (it is
+        under a listed folder or matches a listed glob, is not hidden and has an image name)."""
+        if not _is_image_name(path.rsplit("/", 1)[-1]):
+            return False
+        for scope in self.scopes:
+            if scope[0] == "dir":
+                root = scope[1].rstrip("/") + "/"
+                if path.startswith(root) and not any(
+                        _hidden(part) for part in path[len(root):].split("/")):
+                    return True
+            elif (path.startswith(scope[1]) and _glob_match(path[len(scope[1]):], scope[2])
+                  and not any(_hidden(part) for part in path[len(scope[1]):].split("/"))):
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self.files)
@@ -136,6 +155,7 @@ class _Lister:
     # -- local ------------------------------------------------------------------------------
 
     def local_dir(self, root: str) -> None:
+        self.listing.scopes.append(("dir", root))
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
             for name in sorted(filenames):
@@ -157,6 +177,7 @@ class _Lister:
         self.add(path, st.st_size, st.st_mtime_ns)
 
     def local_glob(self, pattern: str) -> int:
+        self.listing.scopes.append(("glob", "", pattern))
         n = 0
         for match in sorted(_glob.glob(pattern, recursive=True)):
             match = os.path.abspath(match)
@@ -185,6 +206,7 @@ class _Lister:
                 return 0
             raise DatasetError(f"{uri}: no such file or directory")
         pattern = uri[len(prefix):] if as_glob else None
+        self.listing.scopes.append(("glob", prefix, pattern) if as_glob else ("dir", uri.rstrip("/")))
         n = 0
         for entry in sorted(fs.get_file_info(pafs.FileSelector(base_path, recursive=True)),
                             key=lambda e: e.path):

@@ -73,9 +73,12 @@ def _app_options(p: argparse.ArgumentParser) -> None:
                    help="faces per embedder batch (@serve.batch; default 16)")
     g.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="how long the embedder waits to fill a batch (default 10 ms)")
-    g.add_argument("--backend", default="keras-fp32", help="embedding backend (default keras-fp32)")
+    g.add_argument("--backend", default="auto",
+                   help="embedding backend (default auto: keras-bf16 on CPUs with native bf16, "
+                        "else keras-fp32)")
     g.add_argument("--model", default=None, help="a saved .keras model (default: pretrained)")
-    g.add_argument("--no-jit", action="store_true", help="do not XLA-compile the Keras model")
+    g.add_argument("--no-jit", action="store_true",
+                   help="never XLA-compile the Keras model (default: the backend's choice)")
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body in MiB (413 above; default 16)")
@@ -95,7 +98,7 @@ def build_args(ns: argparse.Namespace):
     try:
         args = AppArgs(index_dir=ns.index_dir, max_batch_size=ns.max_batch_size,
                        batch_wait_timeout_s=ns.batch_wait_ms / 1000.0, backend=ns.backend,
-                       model=ns.model, jit_compile=not ns.no_jit,
+                       model=ns.model, jit_compile=False if ns.no_jit else None,
                        max_body_bytes=int(ns.max_body_mb * 1024 * 1024),
                        max_pixels=ns.max_pixels, max_faces=ns.max_faces)
     except ValidationError as exc:

@@ -107,9 +107,11 @@ class AppArgs(BaseModel):
         batch_wait_timeout_s: how long the embedder waits to fill a batch.
         batch_buckets: model batch sizes compiled by the embedder (a batch runs at the smallest
             bucket that holds it); None: 1, 4 and ``max_batch_size``.
-        backend: embedding backend (``keras-fp32``, ``keras-bf16``, ``onnx-fp32``, ``onnx-int8``).
+        backend: embedding backend (``auto``: keras-bf16 on CPUs with native bf16, else
+            keras-fp32; or ``keras-fp32``, ``keras-bf16``, ``onnx-fp32``, ``onnx-int8``).
         model: a saved ``.keras`` model; None: the pretrained 20180408-102900 network.
-        jit_compile: compile the Keras forward pass with XLA.
+        jit_compile: compile the Keras forward pass with XLA (None: the backend's default, off
+            for both Keras backends on CPU).
         call_retries: times the ingress retries a call whose replica died (the calls are
             idempotent); 0 disables.
         ingress, detector, embedder, searcher: scaling of each deployment. The gallery writer
@@ -128,9 +130,9 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     batch_buckets: Optional[list[int]] = None
-    backend: str = "keras-fp32"
+    backend: str = "auto"
     model: Optional[str] = None
-    jit_compile: bool = True
+    jit_compile: Optional[bool] = None
     call_retries: int = Field(1, ge=0, le=5)
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
     detector: DeploymentOptions = Field(default_factory=DeploymentOptions)

@@ -169,14 +169,12 @@ class Embedder:
     """
 
     def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 buckets: Sequence[int] | None = None, backend: str = "keras-fp32",
-                 model: str | None = None, jit_compile: bool = True,
+                 buckets: Sequence[int] | None = None, backend: str = "auto",
+                 model: str | None = None, jit_compile: bool | None = None,
                  threads: int | None = None):
-        if threads:
-            import tensorflow as tf
+        from facenet_platform.core.tensorflow_setup import start_tensorflow
 
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+        start_tensorflow(threads)  # thread pools before TensorFlow runs anything; quiet start-up
         from facenet_platform.core.embedding import FaceEmbedder
 
         self.max_batch_size = int(max_batch_size)
@@ -196,7 +194,7 @@ class Embedder:
         self.input_size = largest.input_size
         self.embedding_size = largest.embedding_size
         self.threshold = largest.threshold
-        self.backend = backend
+        self.backend = largest.backend  # "auto" resolved on this replica's machine
         for size, embedder in self._by_size.items():  # trace / compile every bucket now
             embedder(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
         self.embed.set_max_batch_size(self.max_batch_size)
