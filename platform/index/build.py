@@ -327,8 +327,8 @@ class BuildSummary:
             f"faces:    {self.faces} added from {self.files_with_faces} files "
             f"({self.files_no_face} without a face); index now holds {self.total_faces} faces, "
             f"{self.total_files} files",
-            f"failures: {self.failures}" + (f" ({stages}), see {self.index_dir}/failures"
-                                           if self.failures else ""),
+            f"failures: {self.failures}"
+            + (f" ({stages}), see {self.index_dir.rstrip('/')}/failures" if self.failures else ""),
             f"time:     {self.seconds:.1f} s, {self.images_per_second:.2f} images/s"
             + (f" (pipeline {self.pipeline_seconds:.1f} s, {pipeline_rate:.2f} images/s)"
                if self.pipeline_seconds else ""),
