@@ -14,7 +14,12 @@ time (submission to SUCCEEDED: driver start, listing, Ray Data start-up, commits
 the actors ran on. Images: the first N of LFW (sorted by person), else variants of the
 scikit-image astronaut.
 
-    FACENET_PLATFORM_CACHE=/tmp/fpcache .venv/bin/python benchmarks/bench_cluster_nodes.py --images 32
+``--repeats R`` runs R rounds, each round one build on a fresh one-node cluster then one on a
+fresh two-node cluster (interleaved, so load changes on a shared machine hit both alike; every
+build goes into a new index). Printed: every run, then per cluster the median and the spread
+(min-max) of images/s and job wall time, and the per-round ratio two nodes / one node.
+
+    FACENET_PLATFORM_CACHE=/tmp/fpcache .venv/bin/python benchmarks/bench_cluster_nodes.py --images 32 --repeats 3
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -101,10 +107,14 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of each cluster in total")
     ap.add_argument("--lfw-dir", type=Path,
                     default=Path(os.environ.get("LFW_DIR", REPO.parent / "shared/datasets/lfw")))
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="interleaved rounds (one-node build, then two-node build, per round)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.cpus < 2:
         ap.error("--cpus must be >= 2 (two nodes get half each)")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
 
     env = {k: v for k, v in os.environ.items() if k.startswith("FACENET_")}
     rows = []
@@ -114,32 +124,51 @@ def main() -> int:
         listing = tmp / "list.txt"
         listing.write_text("\n".join(files) + "\n")
         half = args.cpus // 2
-        for name, head, worker in (("1 node", args.cpus, 0),
-                                   ("2 nodes", args.cpus - half, half)):
-            c = LocalCluster(head_cpus=head, worker_cpus=worker, env=env)
-            os.environ["RAY_AUTH_MODE"] = c.auth_mode
-            t = time.perf_counter()
-            with c:
-                start_s = time.perf_counter() - t
-                r = run(c, listing, tmp / f"index_{worker}", [])
-            s = r["summary"]
-            rows.append({"cluster": name, "cpus": f"{head}" + (f" + {worker}" if worker else ""),
-                         "images": s["files_new"], "faces": s["faces"],
-                         "pipeline_s": s["pipeline_seconds"],
-                         "images_per_s": s["files_new"] / s["pipeline_seconds"],
-                         "build_s": s["seconds"], "job_wall_s": r["job_wall_s"],
-                         "cluster_start_s": start_s, "actors": r["actors"]})
+        for round_ in range(1, args.repeats + 1):
+            for name, head, worker in (("1 node", args.cpus, 0),
+                                       ("2 nodes", args.cpus - half, half)):
+                c = LocalCluster(head_cpus=head, worker_cpus=worker, env=env)
+                os.environ["RAY_AUTH_MODE"] = c.auth_mode
+                t = time.perf_counter()
+                with c:
+                    start_s = time.perf_counter() - t
+                    r = run(c, listing, tmp / f"index_{round_}_{worker}", [])
+                s = r["summary"]
+                rows.append({"round": round_, "cluster": name,
+                             "cpus": f"{head}" + (f" + {worker}" if worker else ""),
+                             "images": s["files_new"], "faces": s["faces"],
+                             "pipeline_s": s["pipeline_seconds"],
+                             "images_per_s": s["files_new"] / s["pipeline_seconds"],
+                             "build_s": s["seconds"], "job_wall_s": r["job_wall_s"],
+                             "cluster_start_s": start_s, "actors": r["actors"]})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     print(f"command: {' '.join(sys.argv)}")
-    print(f"images: {what}; default resource plan; same machine ({os.cpu_count()} cores) for both")
+    print(f"images: {what}; default resource plan; same machine ({os.cpu_count()} cores) for "
+          f"both; {args.repeats} interleaved round(s)")
     print()
-    print("| cluster | logical CPUs | images | faces | pipeline s | images/s | build s | job wall s "
-          "| actors (role@node) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| round | cluster | logical CPUs | images | faces | pipeline s | images/s | build s "
+          "| job wall s | actors (role@node) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cluster']} | {r['cpus']} | {r['images']} | {r['faces']} | "
+        print(f"| {r['round']} | {r['cluster']} | {r['cpus']} | {r['images']} | {r['faces']} | "
               f"{r['pipeline_s']:.1f} | {r['images_per_s']:.2f} | {r['build_s']:.1f} | "
               f"{r['job_wall_s']:.1f} | {', '.join(r['actors'])} |")
+    print()
+    print("| cluster | runs | images/s median | images/s min-max | job wall s median "
+          "| job wall s min-max |")
+    print("|---|---|---|---|---|---|")
+    for name in ("1 node", "2 nodes"):
+        mine = [r for r in rows if r["cluster"] == name]
+        ips = [r["images_per_s"] for r in mine]
+        wall = [r["job_wall_s"] for r in mine]
+        print(f"| {name} | {len(mine)} | {statistics.median(ips):.2f} | "
+              f"{min(ips):.2f}-{max(ips):.2f} | {statistics.median(wall):.1f} | "
+              f"{min(wall):.1f}-{max(wall):.1f} |")
+    ratios = [two["images_per_s"] / one["images_per_s"]
+              for one, two in zip(rows[0::2], rows[1::2])]
+    print(f"\nimages/s two nodes / one node, per round: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

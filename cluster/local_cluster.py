@@ -27,6 +27,11 @@ In Python (tests)::
 
 The worker node has the custom resource ``{"worker_node": 1}`` and the label
 ``facenet/node-role=worker``; the head has ``{"head_node": 1}`` and ``facenet/node-role=head``.
+
+Node failure (tests): :meth:`LocalCluster.kill_worker` SIGKILLs every process of the worker node
+at once (each node's ``ray start`` runs in a session of its own, so its processes are told apart
+by session id), and :meth:`LocalCluster.wait_worker_dead` waits until the GCS has declared the
+node dead. The cluster keeps running on the head; :meth:`LocalCluster.stop` still cleans up.
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ class LocalCluster:
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     _started: bool = False
     _made_temp: bool = False
+    #: role -> session id (pid of that node's `ray start`)
+    _sessions: dict[str, int] = field(default_factory=dict)
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -153,13 +160,25 @@ class LocalCluster:
             "--disable-usage-stats",
         ]
 
-    def _run(self, args: list[str]) -> str:
-        proc = subprocess.run([_ray_bin(), "start", *args], env=self.process_env(),
-                              capture_output=True, text=True, timeout=self.start_timeout_s)
+    def _run(self, role: str, args: list[str]) -> str:
+        # Each node's `ray start` leads a session of its own: every process it starts (GCS,
+        # raylet, agents, log monitor) and the Ray workers those start share its session id,
+        # which is how kill_worker() finds exactly one node's processes.
+        proc = subprocess.Popen([_ray_bin(), "start", *args], env=self.process_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        self._sessions[role] = proc.pid
+        try:
+            stdout, stderr = proc.communicate(timeout=self.start_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            raise RuntimeError(f"ray start {' '.join(args)} did not finish in "
+                               f"{self.start_timeout_s:.0f} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
         if proc.returncode != 0:
             raise RuntimeError(f"ray start {' '.join(args)} failed (exit {proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return proc.stdout + proc.stderr
+                               f"{stdout[-3000:]}\n{stderr[-3000:]}")
+        return stdout + stderr
 
     def start(self) -> "LocalCluster":
         if self._started:
@@ -172,22 +191,22 @@ class LocalCluster:
         self._started = True  # from here on, stop() cleans up whatever did start
         try:
             head_res = {"head_node": 1, **self.head_resources}
-            self._run(["--head", "--port", str(self.port),
-                       "--dashboard-port", str(self.dashboard_port),
-                       "--dashboard-host", HOST, "--include-dashboard=true",
-                       "--ray-client-server-port", str(free_port()),
-                       "--temp-dir", self.temp_dir,
-                       "--num-cpus", str(self.head_cpus), "--num-gpus", "0",
-                       "--resources", json.dumps(head_res),
-                       "--labels", f"{LABEL_KEY}=head",
-                       *self._common_args()])
+            self._run("head", ["--head", "--port", str(self.port),
+                               "--dashboard-port", str(self.dashboard_port),
+                               "--dashboard-host", HOST, "--include-dashboard=true",
+                               "--ray-client-server-port", str(free_port()),
+                               "--temp-dir", self.temp_dir,
+                               "--num-cpus", str(self.head_cpus), "--num-gpus", "0",
+                               "--resources", json.dumps(head_res),
+                               "--labels", f"{LABEL_KEY}=head",
+                               *self._common_args()])
             worker_res = {"worker_node": 1, **self.worker_resources}
             if self.worker_cpus > 0:
-                self._run(["--address", self.address,
-                           "--num-cpus", str(self.worker_cpus), "--num-gpus", "0",
-                           "--resources", json.dumps(worker_res),
-                           "--labels", f"{LABEL_KEY}=worker",
-                           *self._common_args()])
+                self._run("worker", ["--address", self.address,
+                                     "--num-cpus", str(self.worker_cpus), "--num-gpus", "0",
+                                     "--resources", json.dumps(worker_res),
+                                     "--labels", f"{LABEL_KEY}=worker",
+                                     *self._common_args()])
             self._wait_nodes()
             self._wait_job_server()
         except BaseException:
@@ -298,6 +317,67 @@ class LocalCluster:
         self._started = False
         if self._made_temp and not self.keep_temp and self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    # -- node failure -------------------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the worker node's processes: its raylet, agents and log monitor, and the Ray
+        workers running its tasks and actors (the session of its `ray start`, and their
+        descendants), among this cluster's own processes."""
+        session = self._sessions.get("worker")
+        if session is None:
+            return []
+        own = self.own_pids()
+        ours, parent = set(), {}
+        for pid in own:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parent[pid] = int(fields[1])
+            if int(fields[3]) == session:
+                ours.add(pid)
+        changed = True
+        while changed:  # descendants that left the session (none expected; cheap to be sure)
+            changed = False
+            for pid, ppid in parent.items():
+                if ppid in ours and pid not in ours:
+                    ours.add(pid)
+                    changed = True
+        return sorted(ours)
+
+    def kill_worker(self) -> list[int]:
+        """Kill the worker node as a machine failure would: SIGKILL, at once, to every process
+        of that node (:meth:`worker_pids`); the head and its processes are untouched.
+
+        The GCS declares the node dead after its health checks fail (:meth:`wait_worker_dead`);
+        Ray then restarts the node's actors that allow restarts, and retries its tasks, on the
+        nodes left (where their resource demands fit: an actor that needs a resource only the
+        dead node had stays pending). Returns the PIDs signalled.
+        """
+        pids = self.worker_pids()
+        if not pids:
+            raise RuntimeError("no worker node processes found (not started, or already dead)")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def node_alive(self, role: str) -> bool:
+        """Whether the GCS still lists the node of ``role`` as ALIVE."""
+        node_id = self.nodes[role].node_id
+        return any(n["node_id"] == node_id for n in self._alive_nodes())
+
+    def wait_worker_dead(self, timeout_s: float = 120.0) -> float:
+        """Wait until the GCS marks the worker node dead; return the seconds waited."""
+        t = time.monotonic()
+        while time.monotonic() - t < timeout_s:
+            if not self.node_alive("worker"):
+                return time.monotonic() - t
+            time.sleep(0.5)
+        raise TimeoutError(f"the worker node was still ALIVE after {timeout_s:.0f} s")
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -180,6 +180,14 @@ class _Faults:
         if needle and needle in path:
             raise RuntimeError(f"injected {key} fault")
 
+    def maybe_delay(self, key: str) -> None:
+        """Sleep the given seconds per batch (keeps a build busy long enough to disturb it)."""
+        seconds = self.faults.get(key)
+        if seconds:
+            import time
+
+            time.sleep(float(seconds))
+
     def maybe_kill(self, key: str) -> None:
         """Kill this worker process once (a marker file makes the restarted worker carry on)."""
         self.calls += 1
@@ -354,6 +362,7 @@ class Embed:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._faults.maybe_kill("kill_embed_worker")
+        self._faults.maybe_delay("delay_embed")
         status = _strings(batch["status"])
         paths = _strings(batch["path"])
         hashes = _strings(batch["content_hash"])
