@@ -191,6 +191,8 @@ def test_plan_resources():
     plan = plan_resources(BuildOptions(), {"CPU": 2.0})
     assert (plan.detect_actors, plan.embed_actors, plan.embed_gpus) == (1, 1, 0.0)
     assert plan.detect_cpus + plan.embed_cpus + plan.decode_cpus <= 2.0
+    plan = plan_resources(BuildOptions(), {"CPU": 16.0})  # detection costs ~2x embedding per photo
+    assert (plan.detect_actors, plan.embed_actors) == (9, 5) and plan.detect_cpus == 1.0
     plan = plan_resources(BuildOptions(), {"CPU": 16.0, "GPU": 2.0})
     assert plan.embed_actors == 2 and plan.embed_gpus == 1.0 and plan.embed_batch_size == 256
     assert plan.detect_actors >= 10
