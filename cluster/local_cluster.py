@@ -395,10 +395,21 @@ class LocalCluster:
                           for r, n in self.nodes.items()}}
 
     def __enter__(self) -> "LocalCluster":
-        return self.start()
+        """Start the cluster; this process's Ray clients (job and state APIs) then speak its
+        auth mode until the block ends."""
+        self.start()
+        self._saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = self.auth_mode
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._saved_auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = self._saved_auth_mode
 
 
 def _zombie(pid: int) -> bool:

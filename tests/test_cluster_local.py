@@ -38,26 +38,22 @@ PY = sys.executable
 CLI = str(Path(sys.executable).parent / "facenet-platform")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster_env(tmp_path_factory) -> dict[str, str]:
+    """What the cluster's processes and jobs need from ours: the weights cache and LFW."""
     cache = os.environ.get("FACENET_PLATFORM_CACHE") or str(tmp_path_factory.mktemp("fpcache"))
     env = {"FACENET_PLATFORM_CACHE": cache}
     for key in ("LFW_DIR", "FACENET_MAX_PIXELS"):
         if os.environ.get(key):
             env[key] = os.environ[key]
-    c = LocalCluster(head_cpus=2, worker_cpus=2, env=env,
-                     head_resources={"train_slot": 1}, worker_resources={"train_slot": 1})
-    c.start()
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = c.auth_mode  # our clients (state API) speak the same mode
-    try:
-        yield c
-    finally:
-        c.stop()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    env = cluster_env(tmp_path_factory)
+    with LocalCluster(head_cpus=2, worker_cpus=2, env=env, head_resources={"train_slot": 1},
+                      worker_resources={"train_slot": 1}) as c:
+        yield c  # RAY_AUTH_MODE set for this process's clients (state API) while it runs
 
 
 def run_job(cluster: LocalCluster, entrypoint: str, timeout_s: float = 900) -> tuple[str, str]:
@@ -205,8 +201,8 @@ def test_index_build_job_spans_both_nodes(cluster, tmp_path):
     summary = last_json(logs, "files_new")
     assert summary["files_new"] == len(images) and summary["failures"] == 0, summary
 
-    actors = [a for a in job_actors(cluster, sid)
-              if "DetectAlign" in a["class_name"] or "Embed" in a["class_name"]]
+    actors = [a for a in job_actors(cluster, sid)  # placed ones (a pool may ask for one more)
+              if ("DetectAlign" in a["class_name"] or "Embed" in a["class_name"]) and a["node_id"]]
     assert {a["node_id"] for a in actors} == {cluster.head_node_id, cluster.worker_node_id}, actors
 
     faces = read_faces(index, columns=["path", "content_hash", "face_index", "embedding"])

@@ -1,9 +1,11 @@
 """A node dies during an index build on the local two-node cluster (cluster/local_cluster.py).
 
 One ``facenet-platform index build`` job over 200 images (LFW when present, else astronaut
-variants) runs with two detection and two embedding actors, which Ray Data spreads over both
-nodes (its SPREAD scheduling; the test waits until the worker holds one), and every embedding
-batch slowed down by 2 s (test-only fault injection ``delay_embed``, so the build is still busy
+variants) runs with two detection and two embedding actors of 0.5 CPU. While they are placed, a
+detached placeholder actor holds 2 of the head's 3 CPUs, so at least two of them must start on the
+worker; the placeholder is released before the kill, so the head has room for all of them
+after it. Every embedding
+batch slowed down by 4 s (test-only fault injection ``delay_embed``, so the build is still busy
 after its first commit). Once the build has committed some files, every process
 of the worker node is SIGKILLed (:meth:`LocalCluster.kill_worker`: raylet, agents, the actors'
 and tasks' worker processes). The same job invocation must still succeed: Ray Data restarts the
@@ -25,7 +27,6 @@ face counts are printed as one JSON line (``pytest -s`` shows it); nothing is as
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO / "cluster"))
 
 from facenet_platform.index.build import FAULTS_ENV  # noqa: E402
 from local_cluster import LocalCluster  # noqa: E402
-from test_cluster_local import _images, last_json, run_job  # noqa: E402
+from test_cluster_local import _images, cluster_env, last_json, run_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -51,28 +52,29 @@ BUILD_ARGS = ("--detect-actors 2 --embed-actors 2 --detect-cpus 0.5 --embed-cpus
               "--decode-cpus 0.25 --embed-batch-size 16 --commit-every-files 20 "
               "--no-progress --json")
 PIPELINE_CLASSES = ("DetectAlign", "Embed")
-DELAY_EMBED_S = 2.0
+DELAY_EMBED_S = 4.0
+#: head CPUs held while the pipeline's actors are placed (forces some onto the worker)
+HOLD_HEAD_CPUS = 2
+HOLD_START = (
+    "from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as N\n"
+    "@ray.remote(num_cpus={cpus})\nclass Hold:\n    def ready(self):\n        return True\n"
+    "h = Hold.options(name='hold-head', namespace='facenet-test', lifetime='detached', "
+    "scheduling_strategy=N('{node}', soft=False)).remote()\nray.get(h.ready.remote())\n")
+HOLD_RELEASE = "ray.kill(ray.get_actor('hold-head', namespace='facenet-test'))"
+
+
+def python_job(cluster: LocalCluster, code: str) -> None:
+    """Run ``code`` as a small Ray job on the cluster (a driver of its own)."""
+    script = Path(cluster.temp_dir or "/tmp") / f"job-{time.monotonic_ns()}.py"
+    script.write_text("import ray\nray.init()\n" + code)
+    run_job(cluster, f"{sys.executable} {script}", timeout_s=120)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cache = os.environ.get("FACENET_PLATFORM_CACHE") or str(tmp_path_factory.mktemp("fpcache"))
-    env = {"FACENET_PLATFORM_CACHE": cache}
-    for key in ("LFW_DIR", "FACENET_MAX_PIXELS"):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
-    c = LocalCluster(head_cpus=HEAD_CPUS, worker_cpus=WORKER_CPUS, env=env)
-    c.start()
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = c.auth_mode
-    try:
-        yield c
-    finally:
-        c.stop()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
+    env = cluster_env(tmp_path_factory)
+    with LocalCluster(head_cpus=HEAD_CPUS, worker_cpus=WORKER_CPUS, env=env) as c:
+        yield c  # RAY_AUTH_MODE set for this process's clients while it runs
 
 
 def pipeline_actors(cluster: LocalCluster, job_id: str) -> list:
@@ -134,6 +136,7 @@ def test_killed_worker_node_build_completes_with_the_clean_faces(cluster, tmp_pa
     # seconds of the embedding actors' start-up.
     index = tmp_path / "killed"
     client = cluster.job_client()
+    python_job(cluster, HOLD_START.format(cpus=HOLD_HEAD_CPUS, node=cluster.head_node_id))
     t0 = time.monotonic()
     env = {**cluster.env, FAULTS_ENV: f"delay_embed={DELAY_EMBED_S}"}
     sid = client.submit_job(entrypoint=f"{CLI} index build @{listing} --out {index} {BUILD_ARGS}",
@@ -145,21 +148,24 @@ def test_killed_worker_node_build_completes_with_the_clean_faces(cluster, tmp_pa
             f"the build ended ({status}) before the worker node could be killed: "
             f"{client.get_job_logs(sid)[-3000:]}")
 
-    # 1. pipeline actors running on both nodes
+    # 1. pipeline actors running on the worker (the head's CPUs are held), then the head freed
     job_id = None
     on_worker: list = []
     deadline = t0 + 600
-    while time.monotonic() < deadline:
-        running()
-        job_id = job_id or client.get_job_info(sid).job_id
-        if job_id:
-            alive = [a for a in pipeline_actors(cluster, job_id) if a.state == "ALIVE"]
-            on_worker = [a for a in alive if a.node_id == cluster.worker_node_id]
-            if on_worker and any(a.node_id == cluster.head_node_id for a in alive):
-                break
-        time.sleep(1)
-    else:
-        pytest.fail("the pipeline actors were not running on both nodes within 600 s")
+    try:
+        while time.monotonic() < deadline:
+            running()
+            job_id = job_id or client.get_job_info(sid).job_id
+            if job_id:
+                alive = [a for a in pipeline_actors(cluster, job_id) if a.state == "ALIVE"]
+                on_worker = [a for a in alive if a.node_id == cluster.worker_node_id]
+                if on_worker:
+                    break
+            time.sleep(1)
+        else:
+            pytest.fail("no pipeline actor was running on the worker within 600 s")
+    finally:
+        python_job(cluster, HOLD_RELEASE)
     # 2. the first commit: then the worker node dies
     while committed(index)[0] < 1:
         running()
