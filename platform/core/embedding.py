@@ -6,8 +6,9 @@
 the aligner produced. The pretrained model's embeddings are *centred*: the network's unit vector
 minus the model's mean embedding (:func:`~facenet_platform.core.weights.pretrained_embedding_mean`),
 re-normalised, which is davidsandberg's ``--subtract_mean`` made a fixed part of the model (it
-moves LFW accuracy from 0.9867 to 0.9893). :class:`FrozenGraphEmbedder` runs the original frozen graph one image at a
-time: the reference for parity tests and the baseline of the throughput benchmark.
+moves LFW accuracy from 0.9867 to 0.9893). :class:`FrozenGraphEmbedder` runs the original frozen
+graph one image at a time: the reference for parity tests and the baseline of the throughput
+benchmark.
 """
 
 from __future__ import annotations
