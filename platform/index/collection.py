@@ -75,7 +75,6 @@ __all__ = [
     "committed_paths",
     "drop_dead_faces",
     "live_content",
-    "moved_content",
     "faces_table_schema",
     "read_failures",
     "read_faces",
@@ -393,6 +392,9 @@ class LiveContent:
     paths: dict[str, list[str]]
     #: hashes that were indexed at some point but are no path's current content any more
     dead: frozenset[str]
+    #: live hashes that some no-longer-live path once had -> their live paths: the only faces
+    #: whose stored ``path`` may need replacing (usually none)
+    moved: dict[str, list[str]]
 
     def is_live(self, content_hash: str) -> bool:
         return content_hash in self.paths
@@ -407,58 +409,66 @@ def live_content(files_log: pa.Table) -> LiveContent:
         for path, h, status in zip(cols["path"], cols["content_hash"], cols["status"]):
             if status != STATUS_REMOVED:
                 paths.setdefault(h, []).append(path)
-    ever = set(files_log.column("content_hash").to_pylist()) if files_log.num_rows else set()
-    return LiveContent({h: sorted(p) for h, p in paths.items()}, frozenset(ever - set(paths)))
+    paths = {h: sorted(p) for h, p in paths.items()}
+    moved: dict[str, list[str]] = {}
+    ever: set[str] = set()
+    if files_log.num_rows:
+        cols = files_log.select(["path", "content_hash"]).to_pydict()
+        for p, h in zip(cols["path"], cols["content_hash"]):
+            ever.add(h)
+            if h in paths and p not in paths[h]:
+                moved[h] = paths[h]
+    return LiveContent(paths, frozenset(ever - set(paths)), moved)
 
 
-def moved_content(files_log: pa.Table, live: LiveContent) -> dict[str, list[str]]:
-    """Live hashes that some no-longer-live path once had -> their live paths: the faces whose
-    stored ``path`` may need replacing (usually none)."""
-    if files_log.num_rows == 0:
-        return {}
-    cols = files_log.select(["path", "content_hash"]).to_pydict()
-    return {h: live.paths[h] for p, h in zip(cols["path"], cols["content_hash"])
-            if h in live.paths and p not in live.paths[h]}
+def _keep_and_relink(hashes, stored_paths, dead: frozenset[str] | set[str],
+                     moved: dict[str, list[str]]):
+    """``(keep mask or None, paths or None)`` for faces with these content hashes: which rows
+    are live, and their paths with moved content pointed at a live path (only those rows are
+    looked at one by one). None: nothing to drop / nothing to change."""
+    import numpy as np
+
+    hashes = np.asarray(hashes).astype(str)
+    keep = ~np.isin(hashes, np.array(sorted(dead), dtype=str)) if dead else None
+    if not moved or stored_paths is None:
+        return keep, None
+    paths = np.asarray(stored_paths, dtype=object).copy()
+    rows = np.flatnonzero(np.isin(hashes, np.array(sorted(moved), dtype=str)))
+    for i in rows:
+        if paths[i] not in moved[hashes[i]]:
+            paths[i] = moved[hashes[i]][0]
+    return keep, paths
 
 
 def drop_dead_faces(batch: dict[str, Any], dead: frozenset[str] | set[str],
                     moved: dict[str, list[str]]) -> dict[str, Any]:
     """A numpy batch of faces (Ray Data ``map_batches``) without dead content, with ``path``
-    set to a live path where the stored one is gone (see :func:`live_faces`)."""
+    set to a live path where the stored one is gone (see :class:`LiveContent`)."""
     import numpy as np
 
-    hashes = np.asarray(batch["content_hash"]).astype(str)
-    keep = ~np.isin(hashes, np.array(sorted(dead), dtype=str)) if dead else np.ones(len(hashes), bool)
-    out = {k: np.asarray(v)[keep] for k, v in batch.items()}
-    if moved and "path" in out:
-        paths = np.asarray(out["path"], dtype=object)
-        for i, h in enumerate(hashes[keep]):
-            if h in moved and paths[i] not in moved[h]:
-                paths[i] = moved[h][0]
+    keep, paths = _keep_and_relink(batch["content_hash"], batch.get("path"), dead, moved)
+    out = dict(batch)
+    if paths is not None:
         out["path"] = paths
-    return out
+    return out if keep is None else {k: np.asarray(v)[keep] for k, v in out.items()}
 
 
 def live_faces(faces: pa.Table, live: LiveContent) -> pa.Table:
     """``faces`` without the faces of dead content, ``path`` set to a live path of the content
     where the stored one is no longer live (needs the ``content_hash`` column)."""
-    import pyarrow.compute as pc
-
     if faces.num_rows == 0 or "content_hash" not in faces.column_names:
         return faces
-    if live.dead:
-        faces = faces.filter(pc.invert(pc.is_in(faces.column("content_hash"),
-                                                pa.array(sorted(live.dead), pa.string()))))
-    if "path" in faces.column_names and faces.num_rows:
-        hashes = faces.column("content_hash").to_pylist()
-        stored = faces.column("path").to_pylist()
-        fixed = [p if p in live.paths.get(h, (p,)) else live.paths[h][0]
-                 for h, p in zip(hashes, stored)]
-        if fixed != stored:
-            index = faces.column_names.index("path")
-            faces = faces.set_column(index, faces.schema.field("path"),
-                                     pa.array(fixed, faces.schema.field("path").type))
-    return faces
+    if not live.dead and not live.moved:
+        return faces
+    stored = (faces.column("path").to_numpy(zero_copy_only=False)
+              if "path" in faces.column_names and live.moved else None)
+    keep, paths = _keep_and_relink(faces.column("content_hash").to_numpy(zero_copy_only=False),
+                                   stored, live.dead, live.moved)
+    if paths is not None:
+        field = faces.schema.field("path")
+        faces = faces.set_column(faces.column_names.index("path"), field,
+                                 pa.array(paths.tolist(), field.type))
+    return faces if keep is None else faces.filter(pa.array(keep))
 
 
 def read_faces(index_dir: str | os.PathLike | IndexLayout,

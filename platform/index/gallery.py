@@ -162,10 +162,10 @@ class Gallery:
             logger.warning("no threshold given for model %r; using the pretrained model's %.3f "
                            "(pass the model's own)", model_id, PRETRAINED.threshold)
             threshold = PRETRAINED.threshold
-        self._threshold = None if follows else _check_threshold(threshold, "threshold")
+        self._threshold = None if follows else check_threshold(threshold, "threshold")
         pretrained = model_id == PRETRAINED.model_id
         if identify_threshold is not None:
-            identify_threshold = _check_threshold(identify_threshold, "identify_threshold")
+            identify_threshold = check_threshold(identify_threshold, "identify_threshold")
         # None: follows PRETRAINED.identify_threshold (pretrained model) or, for another model,
         # the verification threshold (self._identify_fallback).
         self._identify_fallback = identify_threshold is None and not pretrained
@@ -726,7 +726,7 @@ def _load_index(layout: IndexLayout, path: str, type_name: str, *, mmap: bool):
         raise GalleryError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]})") from exc
 
 
-def _check_threshold(value, what: str) -> float:
+def check_threshold(value, what: str = "threshold") -> float:
     """``value`` as a float squared L2 distance in [0, 4] (ConfigError otherwise)."""
     try:
         threshold = float(value)

@@ -24,7 +24,7 @@ import numpy as np
 
 from facenet_platform.core.errors import ConfigError
 
-from .gallery import UNKNOWN, Gallery, GalleryError, Match
+from .gallery import UNKNOWN, Gallery, GalleryError, Match, check_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +143,7 @@ def identify_faces(pipeline, gallery: Gallery, images: Sequence[np.ndarray], top
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
-    threshold = gallery.identify_threshold if threshold is None else float(threshold)
-    if not np.isfinite(threshold) or threshold < 0:
-        raise ConfigError(f"threshold must be a non-negative number, got {threshold}")
+    threshold = gallery.identify_threshold if threshold is None else check_threshold(threshold)
     check_compatible(pipeline, gallery)
     per_image = pipeline(list(images))
     faces = [face for image_faces in per_image for face in image_faces]

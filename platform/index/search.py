@@ -39,8 +39,7 @@ import pyarrow.parquet as pq
 
 from facenet_platform.core.errors import ConfigError, DatasetError
 
-from .collection import (FACES, FILES, CollectionStore, drop_dead_faces, live_content,
-                         moved_content)
+from .collection import FACES, FILES, CollectionStore, drop_dead_faces, live_content
 from .layout import IndexLayout
 
 logger = logging.getLogger(__name__)
@@ -192,8 +191,11 @@ def _dead_faces(paths: list[str], fs: pafs.FileSystem, dead: frozenset[str]) -> 
 
     if not dead:
         return 0
+    import pyarrow.compute as pc
+
     table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["content_hash"])
-    return sum(1 for h in table.column("content_hash").to_pylist() if h in dead)
+    return int(pc.sum(pc.is_in(table.column("content_hash"),
+                               value_set=pa.array(sorted(dead), pa.string()))).as_py() or 0)
 
 
 def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | None = None,
@@ -207,14 +209,13 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         ConfigError: the faces and the gallery come from different models.
     """
     from .build import BuildOptions, ensure_ray, _resolve_address, check_reachable
-    from .gallery import Gallery
+    from .gallery import Gallery, check_threshold
 
     options = options or SearchOptions()
     if options.top_k < 1 or options.batch_size < 1:
         raise ConfigError("top_k and batch_size must be >= 1")
-    if options.threshold is not None and not 0.0 <= options.threshold <= 4.0:
-        raise ConfigError(f"threshold must be a squared L2 distance in [0, 4], got "
-                          f"{options.threshold}")
+    if options.threshold is not None:
+        check_threshold(options.threshold)
     start = time.monotonic()
     layout = IndexLayout.open(index_dir)
     gallery = Gallery.load(os.fspath(index_dir))  # fails fast without a gallery
@@ -255,13 +256,11 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     columns = [c for c in ("path", "content_hash", "face_index", "embedding") if c in schema.names]
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     if faces is None:  # the collection: only the faces of files that are still there
-        files_log = CollectionStore(layout).read(FILES)
-        live = live_content(files_log)
-        moved = moved_content(files_log, live)
-        if live.dead or moved:
+        live = live_content(CollectionStore(layout).read(FILES))
+        if live.dead or live.moved:
             n_faces -= _dead_faces(paths, fs, live.dead)
             ds = ds.map_batches(drop_dead_faces, batch_format="numpy",
-                                fn_kwargs={"dead": live.dead, "moved": moved})
+                                fn_kwargs={"dead": live.dead, "moved": live.moved})
     ds = ds.map_batches(GallerySearcher, batch_size=options.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
                         fn_constructor_kwargs={"index_dir": os.fspath(index_dir),

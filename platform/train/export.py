@@ -35,9 +35,9 @@ between the two embeddings (mean, std, max), and optionally LFW accuracy of both
 
 :func:`load_exported` loads any of them (and ``.keras``) into an object with the embedding
 contract ``__call__(standardised (N, S, S, 3) float32) -> (N, D) float32``, plus
-``input_shape``, ``output_shape``, ``name``, ``batch_size``, ``standardization`` and
-``threshold`` so that ``FaceEmbedder`` and the index/serve sides can use it like a model or a
-runner.
+``input_shape``, ``output_shape``, ``name`` and ``batch_size``, so that ``FaceEmbedder`` and the
+index/serve sides can use it like a model or a runner; :func:`model_metadata` says how it wants
+its input (standardization, threshold).
 """
 
 from __future__ import annotations
@@ -91,11 +91,6 @@ class ExportedEmbedder:
         self.embedding_size = int(embedding_size)
         self.batch_size = int(batch_size)
         self.name = self.path.stem if self.path.suffix else self.path.name
-        meta = read_export_metadata(self.path)
-        #: the standardisation the network expects (``fixed``/``prewhiten``; None: unknown)
-        self.standardization = meta.get("standardization")
-        #: the same-person threshold chosen on the checkpoint's validation pairs (or None)
-        self.threshold = meta.get("threshold")
 
     @property
     def input_shape(self) -> tuple:
