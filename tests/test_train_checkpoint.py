@@ -62,7 +62,7 @@ def test_savedmodel_export_signatures(tmp_path):
     agree with the Keras model; load_exported picks the format by path."""
     import cv2
 
-    from facenet_platform.core.alignment import prewhiten
+    from facenet_platform.core.standardization import prewhiten
     from facenet_platform.train.config import config_from_dict
     from facenet_platform.train.export import (SavedModelEmbedder, export_checkpoint,
                                                load_exported, model_metadata)
