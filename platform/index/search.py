@@ -198,6 +198,25 @@ def _dead_faces(paths: list[str], fs: pafs.FileSystem, dead: frozenset[str]) -> 
                                value_set=pa.array(sorted(dead), pa.string()))).as_py() or 0)
 
 
+def _check_collection_spec(layout: IndexLayout, gallery) -> None:
+    """ConfigError when the collection's model spec (crop, standardization) is not the one the
+    gallery was enrolled with: same model id, other settings, incomparable embeddings."""
+    from facenet_platform.core.model_spec import ModelSpec
+
+    from .gallery import GalleryError
+    from .layout import read_manifest
+
+    recorded = (read_manifest(layout).get("collection") or {}).get("model")
+    if not recorded:
+        return  # a collection from before the spec was recorded
+    spec = ModelSpec.from_metadata(recorded, where=f"{layout.manifest} collection.model")
+    try:
+        gallery.check_model(spec)
+    except GalleryError as exc:
+        raise ConfigError(f"the collection's faces cannot be searched against the gallery: "
+                          f"{exc}") from None
+
+
 def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | None = None,
                  output: str | os.PathLike | None = None,
                  options: SearchOptions | None = None) -> SearchSummary:
@@ -208,7 +227,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         DatasetError: no faces to search, or a faces table without the needed columns.
         ConfigError: the faces and the gallery come from different models.
     """
-    from .build import BuildOptions, ensure_ray, _resolve_address, check_reachable
+    from facenet_platform.ray_connection import check_ray_address, connect_ray, resolve_address
+
     from .gallery import Gallery, check_threshold
 
     options = options or SearchOptions()
@@ -229,6 +249,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     if models - {gallery.model_id}:
         raise ConfigError(f"the faces come from model(s) {sorted(models)} but the gallery from "
                           f"{gallery.model_id}: embeddings of different models cannot be compared")
+    if faces is None:
+        _check_collection_spec(layout, gallery)
 
     if output is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -241,14 +263,12 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         else:
             out_fs, out_path = pafs.LocalFileSystem(), os.path.abspath(shown)
 
-    bo = BuildOptions(address=options.address, num_cpus=options.num_cpus,
-                      log_to_driver=options.log_to_driver)
-    address = _resolve_address(bo)
     import ray
 
-    if address and not ray.is_initialized():
-        check_reachable(address)
-    ensure_ray(bo)
+    address = resolve_address(options.address)
+    check_ray_address(address)
+    connect_ray(address, num_cpus=options.num_cpus, log_to_driver=options.log_to_driver,
+                logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = options.progress
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     actors = options.actors or min(4, max(1, int(cpus // 2)))

@@ -12,7 +12,7 @@ import pytest
 from bad_inputs import write_good_image
 
 from facenet_platform.core.errors import ConfigError, DatasetError
-from facenet_platform.index import cluster as cl
+from facenet_platform.index import people_clusters as cl
 from facenet_platform.index.layout import IndexLayout, read_manifest
 
 D = 512
@@ -144,14 +144,20 @@ def faces_table(paths, embeddings, start=0):
     })
 
 
-@pytest.fixture()
-def collection(tmp_path):
+def write_collection(tmp_path):
+    """An index directory holding only a faces table of 5 planted people (one photo file):
+    ``(index_dir, x, y, centres, photo)``."""
     x, y, centres = planted(n_people=5, seed=11)
     photo = write_good_image(tmp_path / "photo.jpg")
     index_dir = tmp_path / "idx"
     (index_dir / "faces").mkdir(parents=True)
     pq.write_table(faces_table([photo] * len(x), x), index_dir / "faces" / "part-00000.parquet")
     return index_dir, x, y, centres, photo
+
+
+@pytest.fixture()
+def collection(tmp_path):
+    return write_collection(tmp_path)
 
 
 def read_clusters(index_dir):
