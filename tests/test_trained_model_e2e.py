@@ -25,6 +25,8 @@ ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
 pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.slow
+
 INPUT_SIZE = 64
 EMBEDDING_SIZE = 32
 THRESHOLD = 1.0  # the "validation threshold" of the checkpoint's last epoch
@@ -163,7 +165,7 @@ def test_index_enroll_identify_search_and_serve(exported, photos, local_ray, tmp
     # bulk search of the collection against the gallery (Ray actors)
     matches_file = tmp_path / "matches.parquet"
     code, out = run_cli(capsys, "index", "search", "--index", index, "-o", matches_file,
-                        "--no-progress", "--json")
+                        "--actors", "1", "--no-progress", "--json")
     searched = last_json(out)
     assert code == 0 and searched["faces"] == 2 and searched["matched"] >= 1
     import pyarrow.parquet as pq
