@@ -1,0 +1,466 @@
+"""People engine: which person each face of a collection belongs to (pure library code).
+
+The people store (``index/people*.py``) keeps ids, names and the user's decisions; this module
+only decides. Inputs are arrays over every face of the collection (row ``i`` = face ``i``):
+
+* ``embeddings (N, D)`` unit float32, ``quality (N,)`` in [0, 1] (``core/quality.py``);
+* ``person (N,)`` object: the current person id of each face, or None;
+* ``pinned (N,)`` bool: a user decision put the face in ``person`` (never changed here);
+* ``rejected``: face row -> person ids the face must never join.
+
+:func:`update_assignments` (``people update``):
+
+* without ``recluster``: faces that have a person keep it. Unassigned faces of quality
+  ``>= min_quality`` join the person whose template (:func:`person_templates`) is nearest when
+  within ``assign_distance`` and not rejected for that person (:func:`identify_against_templates`,
+  the same decision ``identify`` makes). The rest are clustered among themselves
+  (:func:`cluster_faces`) into new people of at least ``min_faces`` faces, ids from
+  ``new_person_id()``. Faces under the floor never start or join a person.
+* with ``recluster``: every face that is not pinned is decided again: the good faces are
+  clustered from scratch (pinned faces take part, and the faces pinned to two different people
+  are never put together); each new cluster that overlaps an existing person takes that person's
+  id (greatest overlap first, one cluster per id, a cluster holding a person's pinned faces takes
+  that person's id), so names survive; the others get new ids. Rejections hold throughout.
+
+Clustering (:func:`cluster_faces`) runs on a k-NN graph: exact FAISS search up to
+``approximate_above`` faces, HNSW above, its queries sharded over Ray tasks when Ray is running
+(``index/people_knn.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from facenet_platform.core.errors import ConfigError
+
+from . import cluster as cl
+from . import faiss_index as fx
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_KINDS = ("mean", "centroids")
+
+
+@dataclass(frozen=True)
+class PeopleOptions:
+    """How faces become people (see the module doc; defaults measured in bench_people.py).
+
+    Attributes:
+        min_quality: faces under this quality never start, join or shape a person.
+        assign_distance: max squared L2 between a face and a person's template to join it.
+        cluster_distance: edges of the k-NN graph longer than this (squared L2) are dropped.
+        min_faces: smallest new person.
+        neighbors: k of the k-NN graph.
+        template: ``"mean"`` (one quality-weighted mean per person) or ``"centroids"``
+            (up to ``max_centroids`` k-means centroids for people with varied photos).
+        max_centroids: templates per person with ``template="centroids"``.
+        approximate: k-NN graph through HNSW (True), exact (False), or automatic (None: exact up
+            to ``approximate_above`` faces).
+        approximate_above: the automatic switch (faces).
+        seed: random seed of the clustering.
+    """
+
+    min_quality: float = 0.3
+    assign_distance: float = 0.8
+    cluster_distance: float = 0.7
+    min_faces: int = 2
+    neighbors: int = 16
+    template: str = "mean"
+    max_centroids: int = 3
+    approximate: bool | None = None
+    approximate_above: int = fx.DEFAULT_AUTO_THRESHOLD
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_quality <= 1.0:
+            raise ConfigError(f"min_quality must be in [0, 1], got {self.min_quality}")
+        for name in ("assign_distance", "cluster_distance"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 4.0:
+                raise ConfigError(f"{name} must be in (0, 4] (squared L2 of unit vectors), "
+                                  f"got {value}")
+        if self.min_faces < 1:
+            raise ConfigError(f"min_faces must be >= 1, got {self.min_faces}")
+        if self.neighbors < 1:
+            raise ConfigError(f"neighbors must be >= 1, got {self.neighbors}")
+        if self.template not in TEMPLATE_KINDS:
+            raise ConfigError(f"template must be one of {TEMPLATE_KINDS}, got {self.template!r}")
+        if self.max_centroids < 1:
+            raise ConfigError(f"max_centroids must be >= 1, got {self.max_centroids}")
+
+    def use_approximate(self, n: int) -> bool:
+        return bool(self.approximate) if self.approximate is not None else n > self.approximate_above
+
+
+# =============================================================================================
+# input checks
+# =============================================================================================
+
+def _check_inputs(embeddings, quality, person, pinned) -> tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray, np.ndarray]:
+    x = np.asarray(embeddings, np.float32)
+    if x.ndim != 2:
+        raise ConfigError(f"embeddings must have shape (N, D), got {x.shape}")
+    n = len(x)
+    q = np.asarray(quality, np.float32).reshape(-1)
+    if len(q) != n:
+        raise ConfigError(f"quality has {len(q)} entries for {n} faces")
+    p = np.asarray(person, dtype=object).reshape(-1) if person is not None else np.full(n, None, object)
+    if len(p) != n:
+        raise ConfigError(f"person has {len(p)} entries for {n} faces")
+    pin = np.zeros(n, bool) if pinned is None else np.asarray(pinned, bool).reshape(-1)
+    if len(pin) != n:
+        raise ConfigError(f"pinned has {len(pin)} entries for {n} faces")
+    if np.any(pin & np.array([v is None for v in p], bool)):
+        raise ConfigError("a pinned face must have a person")
+    return x, q, p, pin
+
+
+def _has_person(person: np.ndarray) -> np.ndarray:
+    return np.fromiter((v is not None for v in person), bool, len(person))
+
+
+def _codes(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids (P,) object sorted, code (N,) int64 with -1 for None)``."""
+    has = _has_person(person)
+    code = np.full(len(person), -1, np.int64)
+    if not has.any():
+        return np.array([], object), code
+    ids, inv = np.unique(person[has].astype(str), return_inverse=True)
+    code[has] = inv
+    return ids.astype(object), code
+
+
+# =============================================================================================
+# templates
+# =============================================================================================
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _spherical_kmeans(x: np.ndarray, w: np.ndarray, k: int, seed: int,
+                      iterations: int = 10) -> np.ndarray:
+    """``k`` unit centroids of unit rows ``x`` weighted by ``w`` (k-means++ seeding)."""
+    rng = np.random.default_rng(seed)
+    centers = [x[int(np.argmax(w))]]
+    for _ in range(1, k):
+        d = np.min(2 - 2 * x @ np.stack(centers).T, axis=1).clip(0)
+        p = d * w
+        if p.sum() <= 0:
+            break
+        centers.append(x[rng.choice(len(x), p=p / p.sum())])
+    c = np.stack(centers)
+    for _ in range(iterations):
+        assign = np.argmax(x @ c.T, axis=1)
+        new = np.zeros_like(c)
+        np.add.at(new, assign, x * w[:, None])
+        empty = np.linalg.norm(new, axis=1) == 0
+        new[empty] = c[empty]
+        new = _normalize(new)
+        if np.allclose(new, c):
+            break
+        c = new
+    return c
+
+
+def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.ndarray,
+                     options: PeopleOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Templates of every person from its faces of quality ``>= options.min_quality``.
+
+    ``"mean"``: the quality-weighted mean of the person's good faces, re-normalised.
+    ``"centroids"``: people with at least ``4 * max_centroids`` good faces get up to
+    ``max_centroids`` quality-weighted spherical k-means centroids (one per ~4 faces), the others
+    their mean. People without a good face have no template (they attract nobody).
+
+    Returns:
+        ``person_ids (P,) object`` (sorted), ``templates (T, D) float32`` unit rows and
+        ``owner (T,) int64``: the index into ``person_ids`` of each template.
+    """
+    x, q, p, _ = _check_inputs(embeddings, quality, person, None)
+    ids, code = _codes(p)
+    good = (code >= 0) & (q >= options.min_quality)
+    w = np.maximum(q[good], 1e-3).astype(np.float64)
+    sums = np.zeros((len(ids), x.shape[1]), np.float64)
+    np.add.at(sums, code[good], x[good] * w[:, None])
+    counts = np.bincount(code[good], minlength=len(ids))
+    has = counts > 0
+    owners = np.flatnonzero(has)
+    templates = _normalize(sums[has])
+    owner = owners.astype(np.int64)
+    if options.template == "centroids" and options.max_centroids > 1:
+        many = np.flatnonzero(counts >= 4 * 2)
+        if len(many):
+            rows = np.flatnonzero(good)
+            order = np.argsort(code[rows], kind="stable")
+            rows = rows[order]
+            starts = np.searchsorted(code[rows], many)
+            extra_t, extra_o, replace = [], [], []
+            for pid, start in zip(many, starts):
+                member = rows[start:start + counts[pid]]
+                k = int(min(options.max_centroids, counts[pid] // 4))
+                if k < 2:
+                    continue
+                c = _spherical_kmeans(x[member], np.maximum(q[member], 1e-3).astype(np.float32),
+                                      k, options.seed + int(pid))
+                extra_t.append(c)
+                extra_o.append(np.full(len(c), pid, np.int64))
+                replace.append(pid)
+            if replace:
+                keep = ~np.isin(owner, replace)
+                templates = np.concatenate([templates[keep]] + extra_t)
+                owner = np.concatenate([owner[keep]] + extra_o)
+    return ids, np.ascontiguousarray(templates, np.float32), owner
+
+
+@dataclass(frozen=True)
+class TemplateMatches:
+    """The decision for each of ``M`` probes.
+
+    Attributes:
+        person: ``(M,) object`` person id, or None.
+        distance: ``(M,) float32`` squared L2 to the nearest allowed template (inf when none).
+        reason: ``(M,) object``: ``"match"``, ``"too_far"`` (nearest allowed template beyond the
+            distance), ``"low_quality"`` (under the floor: never matched) or ``"no_templates"``.
+    """
+
+    person: np.ndarray
+    distance: np.ndarray
+    reason: np.ndarray
+
+
+def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
+                               templates: np.ndarray, owner: np.ndarray, max_distance: float, *,
+                               quality: np.ndarray | None = None, min_quality: float = 0.0,
+                               rejected: list[frozenset[str]] | None = None,
+                               candidates: int = 16) -> TemplateMatches:
+    """Name each probe with the person of its nearest template within ``max_distance``.
+
+    The nearest template whose person is not in the probe's ``rejected`` set is the answer
+    (searching the ``candidates`` nearest templates; exact FAISS search). Probes with
+    ``quality < min_quality`` are answered None with the reason ``low_quality``.
+
+    Args:
+        queries: ``(M, D)`` unit embeddings.
+        person_ids, templates, owner: from :func:`person_templates`.
+        max_distance: squared L2 (``PeopleOptions.assign_distance``; identify's threshold).
+        quality: ``(M,)`` quality of the probes (None: all good).
+        rejected: per probe, person ids it must not be given (None: none).
+    """
+    q = fx.as_unit_rows(queries) if len(queries) else np.zeros((0, templates.shape[1] if
+                                                               templates.ndim == 2 else 1), np.float32)
+    m = len(q)
+    person = np.full(m, None, object)
+    distance = np.full(m, np.inf, np.float32)
+    reason = np.full(m, "no_templates" if len(templates) == 0 else "too_far", object)
+    low = np.zeros(m, bool) if quality is None else np.asarray(quality, np.float32) < min_quality
+    if m == 0 or len(templates) == 0:
+        reason[low] = "low_quality"
+        return TemplateMatches(person, distance, reason)
+    import faiss
+
+    k = int(min(len(templates), max(1, candidates)))
+    index = faiss.IndexFlatIP(templates.shape[1])
+    index.add(np.ascontiguousarray(templates, np.float32))
+    scores, hits = index.search(q, k)
+    d = fx.to_squared_l2(scores)
+    d[hits < 0] = np.inf
+    who = np.where(hits >= 0, owner[np.clip(hits, 0, None)], -1)
+    allowed = hits >= 0
+    if rejected is not None:
+        for r, banned in enumerate(rejected):
+            if banned:
+                banned_codes = np.flatnonzero(np.isin(person_ids, list(banned)))
+                allowed[r] &= ~np.isin(who[r], banned_codes)
+    first = np.where(allowed.any(axis=1), np.argmax(allowed, axis=1), -1)
+    has = first >= 0
+    rows = np.flatnonzero(has)
+    distance[rows] = d[rows, first[rows]]
+    ok = has & (distance <= max_distance) & ~low
+    person[ok] = person_ids[who[ok, first[ok]]]
+    reason[ok] = "match"
+    reason[low] = "low_quality"
+    return TemplateMatches(person, distance, reason)
+
+
+# =============================================================================================
+# clustering
+# =============================================================================================
+
+def knn_graph(embeddings: np.ndarray, options: PeopleOptions) -> cl.KnnGraph:
+    """The k-NN graph of unit rows (exact or HNSW as ``options`` say)."""
+    n = len(embeddings)
+    threshold = 0 if options.use_approximate(n) else max(n, 1)
+    return cl.knn_graph(embeddings, options.neighbors, auto_threshold=threshold)
+
+
+def cluster_faces(embeddings: np.ndarray, options: PeopleOptions,
+                  cannot_link: np.ndarray | None = None,
+                  graph: cl.KnnGraph | None = None) -> np.ndarray:
+    """Cluster labels ``(N,) int64`` (-1: in no group of ``>= min_faces``) of unit rows.
+
+    Args:
+        cannot_link: ``(N,) int64`` group per face (-1: none); two faces with different groups
+            >= 0 are never put in one cluster (pinned faces of different people).
+        graph: a k-NN graph of these rows (built when None).
+    """
+    n = len(embeddings)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    graph = graph if graph is not None else knn_graph(embeddings, options)
+    if cannot_link is not None and np.any(cannot_link >= 0):
+        graph = _drop_cannot_links(graph, cannot_link)
+    labels = cl.CLUSTERERS["chinese-whispers"](graph, options.cluster_distance, options.min_faces,
+                                               options.seed)
+    if cannot_link is not None and np.any(cannot_link >= 0):
+        labels = _split_conflicts(labels, cannot_link, embeddings)
+    return cl.finalize_labels(labels, options.min_faces)
+
+
+def _drop_cannot_links(graph: cl.KnnGraph, group: np.ndarray) -> cl.KnnGraph:
+    nb = graph.neighbors
+    g_self = group[:, None]
+    g_nb = np.where(nb >= 0, group[np.clip(nb, 0, None)], -1)
+    conflict = (g_self >= 0) & (g_nb >= 0) & (g_self != g_nb)
+    return cl.KnnGraph(np.where(conflict, -1, nb), np.where(conflict, np.inf, graph.distances)
+                       .astype(np.float32))
+
+
+def _split_conflicts(labels: np.ndarray, group: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A cluster holding pinned faces of several people: each of its faces goes with the pinned
+    group whose mean is nearest (the pinned faces with their own)."""
+    labels = labels.copy()
+    next_label = int(labels.max(initial=-1)) + 1
+    for c in np.unique(labels[group >= 0]):
+        members = np.flatnonzero(labels == c)
+        groups = np.unique(group[members][group[members] >= 0])
+        if len(groups) < 2:
+            continue
+        means = _normalize(np.stack([x[members[group[members] == g]].mean(axis=0) for g in groups]))
+        pick = np.argmax(x[members] @ means.T, axis=1)
+        fixed = group[members] >= 0
+        pick[fixed] = np.searchsorted(groups, group[members][fixed])
+        for k in range(1, len(groups)):
+            labels[members[pick == k]] = next_label
+            next_label += 1
+    return labels
+
+
+# =============================================================================================
+# update
+# =============================================================================================
+
+def _rejected_list(rows: np.ndarray, rejected: Mapping[int, frozenset[str]]) -> list[frozenset[str]] | None:
+    if not rejected:
+        return None
+    return [frozenset(rejected.get(int(r), ())) for r in rows]
+
+
+def update_assignments(
+    embeddings: np.ndarray,
+    quality: np.ndarray,
+    person: np.ndarray,
+    pinned: np.ndarray,
+    rejected: Mapping[int, frozenset[str]],
+    options: PeopleOptions,
+    new_person_id: Callable[[], str],
+    *, recluster: bool = False,
+) -> np.ndarray:
+    """The person of every face after ``people update`` (see the module doc).
+
+    Args:
+        embeddings: ``(N, D)`` float32 unit rows, every face of the collection.
+        quality: ``(N,)`` float32 in [0, 1].
+        person: ``(N,)`` object: the current person id or None.
+        pinned: ``(N,)`` bool: the user put this face in ``person`` (never changed).
+        rejected: face row -> person ids the face must never join.
+        options: thresholds and clustering settings.
+        new_person_id: called once per new person, returns its id.
+        recluster: decide every face that is not pinned again (keeping ids, see module doc).
+
+    Returns:
+        ``(N,) object``: person id or None per face.
+    """
+    x, q, p, pin = _check_inputs(embeddings, quality, person, pinned)
+    x = fx.as_unit_rows(x) if len(x) else x
+    for row in rejected:
+        if not 0 <= int(row) < len(x):
+            raise ConfigError(f"rejected names face row {row}, outside 0..{len(x) - 1}")
+    if recluster:
+        return _recluster(x, q, p, pin, rejected, options, new_person_id)
+    return _incremental(x, q, p, rejected, options, new_person_id)
+
+
+def _incremental(x, q, p, rejected, options, new_person_id) -> np.ndarray:
+    out = p.copy()
+    good = q >= options.min_quality
+    pending = np.flatnonzero(~_has_person(p) & good)
+    if len(pending) == 0:
+        return out
+    ids, templates, owner = person_templates(x, q, p, options)
+    match = identify_against_templates(x[pending], ids, templates, owner,
+                                       options.assign_distance,
+                                       rejected=_rejected_list(pending, rejected))
+    joined = match.person != None  # noqa: E711 - elementwise
+    out[pending[joined]] = match.person[joined]
+    rest = pending[~joined]
+    logger.info("people update: %d pending faces, %d joined existing people, %d to cluster",
+                len(pending), int(joined.sum()), len(rest))
+    labels = cluster_faces(x[rest], options)
+    for c in range(int(labels.max(initial=-1)) + 1):
+        out[rest[labels == c]] = new_person_id()
+    return out
+
+
+#: Weight of a pinned face in the overlap that decides which old id a new cluster inherits.
+PINNED_WEIGHT = 2.0
+
+
+def _inherit_ids(cluster_of: np.ndarray, old_code: np.ndarray, pin: np.ndarray) -> dict[int, int]:
+    """New cluster -> the old person code it inherits.
+
+    Greedy on the overlap (faces of the cluster that were in the person, pinned faces counting
+    :data:`PINNED_WEIGHT`), largest first: each cluster takes at most one id and each id goes to
+    at most one cluster; ties go to the smaller cluster number, then the smaller person code.
+    """
+    both = (cluster_of >= 0) & (old_code >= 0)
+    if not both.any():
+        return {}
+    pairs, inverse = np.unique(np.stack([cluster_of[both], old_code[both]], axis=1), axis=0,
+                               return_inverse=True)
+    weight = np.bincount(inverse.reshape(-1), weights=np.where(pin[both], PINNED_WEIGHT, 1.0))
+    taken: dict[int, int] = {}
+    used: set[int] = set()
+    for k in np.lexsort((pairs[:, 1], pairs[:, 0], -weight)):
+        c, code = int(pairs[k, 0]), int(pairs[k, 1])
+        if c not in taken and code not in used:
+            taken[c] = code
+            used.add(code)
+    return taken
+
+
+def _recluster(x, q, p, pin, rejected, options, new_person_id) -> np.ndarray:
+    out = np.full(len(p), None, object)
+    out[pin] = p[pin]
+    good = np.flatnonzero(q >= options.min_quality)
+    old_ids, old_code = _codes(p)
+    pin_code = np.where(pin, old_code, -1)
+    labels = cluster_faces(x[good], options, cannot_link=pin_code[good])
+    n_clusters = int(labels.max(initial=-1)) + 1
+    cluster_of = np.full(len(p), -1, np.int64)
+    cluster_of[good] = labels
+    taken = _inherit_ids(cluster_of, old_code, pin)
+    for c in range(n_clusters):
+        pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
+        members = np.flatnonzero(cluster_of == c)
+        members = members[~pin[members]]
+        for r in members:
+            if pid in rejected.get(int(r), ()):
+                continue
+            out[r] = pid
+    # good faces in no cluster may still be close enough to a person's template
+    return _incremental(x, q, out, rejected, options, new_person_id)
