@@ -403,6 +403,12 @@ class Gallery:
         return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self._meta.items()}
                 for i in np.flatnonzero(keep)]
 
+    def embeddings_by_identity(self) -> dict[str, np.ndarray]:
+        """``{name: (n, D) float32}``: every enrolled face's embedding, by identity."""
+        meta = self._meta  # merges pending additions
+        self._ensure_embeddings()
+        return {name: self._embeddings[meta["name"] == name] for name in self._names}
+
     def search(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Match]]:
         """The ``top_k`` nearest identities of each query embedding.
 

@@ -49,9 +49,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from facenet_platform.core.errors import ConfigError, DatasetError, FaceNetPlatformError
+from facenet_platform.core.errors import ConfigError, DatasetError
 
-from .face_ids import check_face_id, check_person_id, is_person_id, person_id, person_number
+from .face_ids import check_face_id, is_person_id, person_id, person_number
 from .layout import IndexLayout
 from .locking import IndexBusyError, WriterLock
 
@@ -227,15 +227,15 @@ class Person:
     n_photos: int = 0
 
     def record(self) -> dict[str, Any]:
-        """What a decision can change (the diff's person record)."""
-        return {"name": self.name, "hidden": self.hidden, "cover": self.cover,
+        """What decisions change (the diff's person record; the cover and the counts are
+        derived from the faces and left out)."""
+        return {"name": self.name, "hidden": self.hidden,
                 "enrolled_as": list(self.enrolled_as), "created_at": self.created_at}
 
     @classmethod
     def from_record(cls, pid: str, record: Mapping[str, Any]) -> "Person":
-        return cls(pid, record.get("name"), bool(record.get("hidden", False)),
-                   record.get("cover"), tuple(record.get("enrolled_as") or ()),
-                   record.get("created_at", ""))
+        return cls(pid, record.get("name"), bool(record.get("hidden", False)), None,
+                   tuple(record.get("enrolled_as") or ()), record.get("created_at", ""))
 
     @property
     def label(self) -> str:
@@ -351,12 +351,20 @@ class Templates:
         return Templates(self.person[keep], self.vectors[keep])
 
     def plus(self, other: "Templates") -> "Templates":
+        """Both sets of templates, sorted by person id."""
         if len(other) == 0:
-            return self
+            return self.sorted()
         if len(self) == 0:
-            return other
+            return other.sorted()
         return Templates(np.concatenate([self.person, other.person]),
-                         np.concatenate([self.vectors, other.vectors]))
+                         np.concatenate([self.vectors, other.vectors])).sorted()
+
+    def sorted(self) -> "Templates":
+        """The same templates ordered by person id (stable: a person's own order is kept)."""
+        if len(self) < 2:
+            return self
+        order = np.argsort(self.person.astype(str), kind="stable")
+        return Templates(self.person[order], self.vectors[order])
 
 
 @dataclass
@@ -778,14 +786,13 @@ class PeopleStore:
         """Event id -> the id of the undo event that undid it (and not redone since)."""
         out: dict[int, int] = {}
         for e in self.history():
-            if e.undoes is not None:
-                if e.undoes in out:      # undoing an undo: the original is in force again
-                    pass
-                out[e.undoes] = e.id
-                # an undo that is itself undone puts its target back in force
-                for target, by in list(out.items()):
-                    if by == e.undoes:
-                        del out[target]
+            if e.undoes is None:
+                continue
+            out[e.undoes] = e.id
+            # undoing an undo (a redo) puts the event that undo had undone back in force
+            for target, by in list(out.items()):
+                if by == e.undoes:
+                    del out[target]
         return out
 
     # -- writing -----------------------------------------------------------------------------
@@ -1006,6 +1013,17 @@ class Transaction:
         """Leave the block without writing anything."""
         self.cancelled = True
 
+    def changed(self) -> bool:
+        """Whether ``state`` differs from what was loaded in anything that is stored."""
+        a, b = self.before, self.state
+        if diff_states(a, b).num_rows or a.settings != b.settings or self.search_index_file:
+            return True
+        ta, tb = a.templates.sorted(), b.templates.sorted()
+        if len(ta) != len(tb) or not np.array_equal(ta.person.astype(str), tb.person.astype(str)) \
+                or not np.allclose(ta.vectors, tb.vectors, atol=1e-5):
+            return True
+        return any(a.people[p].to_dict() != b.people[p].to_dict() for p in a.people)
+
     def write_search_index(self, data_writer, index_type: str, params: dict[str, Any],
                            size: int) -> None:
         """Write this version's FAISS index over the faces: ``data_writer(path, fs)`` writes the
@@ -1015,10 +1033,3 @@ class Transaction:
         data_writer(self.store._path(rel), self.store.fs)
         self.search_index_file = {"file": rel, "type": index_type, "params": params,
                                   "size": int(size)}
-
-
-def validate_person_ref(ref: str) -> str:
-    """A PERSON argument: a person id, or a name (checked like names are)."""
-    if is_person_id(ref):
-        return check_person_id(ref)
-    return ref
