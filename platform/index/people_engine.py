@@ -39,6 +39,7 @@ from facenet_platform.core.errors import ConfigError
 
 from . import cluster as cl
 from . import faiss_index as fx
+from . import people_knn as pk
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class PeopleOptions:
         approximate: k-NN graph through HNSW (True), exact (False), or automatic (None: exact up
             to ``approximate_above`` faces).
         approximate_above: the automatic switch (faces).
+        use_ray: shard k-NN queries over Ray actors (True), never (False), or when Ray is
+            running and there are many queries (None; ``people_knn.RAY_MIN_QUERIES``).
         seed: random seed of the clustering.
     """
 
@@ -73,6 +76,7 @@ class PeopleOptions:
     max_centroids: int = 3
     approximate: bool | None = None
     approximate_above: int = fx.DEFAULT_AUTO_THRESHOLD
+    use_ray: bool | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -291,34 +295,63 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
 # clustering
 # =============================================================================================
 
-def knn_graph(embeddings: np.ndarray, options: PeopleOptions) -> cl.KnnGraph:
-    """The k-NN graph of unit rows (exact or HNSW as ``options`` say)."""
-    n = len(embeddings)
-    threshold = 0 if options.use_approximate(n) else max(n, 1)
-    return cl.knn_graph(embeddings, options.neighbors, auto_threshold=threshold)
+def _local_graph(nb: np.ndarray, d: np.ndarray, nodes: np.ndarray, n_total: int) -> cl.KnnGraph:
+    """A k-NN graph over ``nodes`` (rows of the collection) from their neighbours (rows):
+    neighbours outside ``nodes`` are dropped, the rest renumbered 0..len(nodes)-1."""
+    local = np.full(n_total, -1, np.int64)
+    local[nodes] = np.arange(len(nodes))
+    mapped = np.where(nb >= 0, local[np.clip(nb, 0, None)], -1)
+    dist = np.where(mapped >= 0, d, np.inf).astype(np.float32)
+    order = np.argsort(dist, axis=1, kind="stable")
+    return cl.KnnGraph(np.take_along_axis(mapped, order, 1), np.take_along_axis(dist, order, 1))
 
 
-def cluster_faces(embeddings: np.ndarray, options: PeopleOptions,
-                  cannot_link: np.ndarray | None = None,
-                  graph: cl.KnnGraph | None = None) -> np.ndarray:
-    """Cluster labels ``(N,) int64`` (-1: in no group of ``>= min_faces``) of unit rows.
+def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
+              knn: pk.KnnIndex | None = None, rows: np.ndarray | None = None) -> cl.KnnGraph:
+    """The k-NN graph among ``rows`` of ``embeddings`` (all rows when None), renumbered 0..M-1.
 
-    Args:
-        cannot_link: ``(N,) int64`` group per face (-1: none); two faces with different groups
-            >= 0 are never put in one cluster (pinned faces of different people).
-        graph: a k-NN graph of these rows (built when None).
+    With ``knn`` (an index over every row of ``embeddings``) its answers are used and the
+    neighbours outside ``rows`` dropped; otherwise a temporary index over ``rows`` is built
+    (exact or HNSW as ``options`` say). Queries go through :func:`people_knn.search_rows`
+    (sharded over Ray when it runs and there are many).
     """
     n = len(embeddings)
-    if n == 0:
+    rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    k = options.neighbors
+    if knn is not None:
+        nb, d = pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+        return _local_graph(nb, d, rows, n)
+    local = pk.KnnIndex.build(embeddings[rows], options.use_approximate(len(rows)))
+    nb, d = pk.search_rows(local, None, k, use_ray=options.use_ray)
+    return cl.KnnGraph(nb, d)
+
+
+def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOptions,
+                  cannot_link: np.ndarray | None = None) -> np.ndarray:
+    """Cluster labels ``(M,) int64`` (-1: in no group of ``>= min_faces``) of the graph's nodes.
+
+    Args:
+        embeddings: ``(M, D)`` the nodes' unit rows.
+        cannot_link: ``(M,) int64`` group per node (-1: none); two nodes with different groups
+            >= 0 are never put in one cluster (pinned faces of different people).
+    """
+    if len(graph) == 0:
         return np.zeros(0, np.int64)
-    graph = graph if graph is not None else knn_graph(embeddings, options)
-    if cannot_link is not None and np.any(cannot_link >= 0):
+    constrained = cannot_link is not None and np.any(cannot_link >= 0)
+    if constrained:
         graph = _drop_cannot_links(graph, cannot_link)
     labels = cl.CLUSTERERS["chinese-whispers"](graph, options.cluster_distance, options.min_faces,
                                                options.seed)
-    if cannot_link is not None and np.any(cannot_link >= 0):
+    if constrained:
         labels = _split_conflicts(labels, cannot_link, embeddings)
     return cl.finalize_labels(labels, options.min_faces)
+
+
+def cluster_faces(embeddings: np.ndarray, options: PeopleOptions,
+                  cannot_link: np.ndarray | None = None) -> np.ndarray:
+    """Cluster labels ``(N,) int64`` of ``(N, D)`` unit rows (k-NN graph + clustering)."""
+    x = fx.as_unit_rows(embeddings) if len(embeddings) else np.asarray(embeddings, np.float32)
+    return cluster_graph(knn_graph(x, options), x, options, cannot_link)
 
 
 def _drop_cannot_links(graph: cl.KnnGraph, group: np.ndarray) -> cl.KnnGraph:
@@ -369,6 +402,8 @@ def update_assignments(
     options: PeopleOptions,
     new_person_id: Callable[[], str],
     *, recluster: bool = False,
+    new: np.ndarray | None = None,
+    knn_index: pk.KnnIndex | None = None,
 ) -> np.ndarray:
     """The person of every face after ``people update`` (see the module doc).
 
@@ -381,24 +416,39 @@ def update_assignments(
         options: thresholds and clustering settings.
         new_person_id: called once per new person, returns its id.
         recluster: decide every face that is not pinned again (keeping ids, see module doc).
+        new: ``(N,)`` bool, the faces added since the last update (None: every unassigned face).
+            Only new faces are matched and queried; unassigned older faces take part in the
+            clustering only as neighbours of new ones, so the work grows with the new faces.
+        knn_index: a :class:`people_knn.KnnIndex` over the collection's rows that the caller
+            keeps between runs; rows it lacks (``len(knn_index)..N-1``) are added to it here.
+            None: a temporary index over the faces being clustered.
 
     Returns:
         ``(N,) object``: person id or None per face.
     """
     x, q, p, pin = _check_inputs(embeddings, quality, person, pinned)
     x = fx.as_unit_rows(x) if len(x) else x
+    n = len(x)
     for row in rejected:
-        if not 0 <= int(row) < len(x):
-            raise ConfigError(f"rejected names face row {row}, outside 0..{len(x) - 1}")
+        if not 0 <= int(row) < n:
+            raise ConfigError(f"rejected names face row {row}, outside 0..{n - 1}")
+    if new is not None:
+        new = np.asarray(new, bool).reshape(-1)
+        if len(new) != n:
+            raise ConfigError(f"new has {len(new)} entries for {n} faces")
+    if knn_index is not None:
+        knn_index.extend_to(x)
     if recluster:
-        return _recluster(x, q, p, pin, rejected, options, new_person_id)
-    return _incremental(x, q, p, rejected, options, new_person_id)
+        return _recluster(x, q, p, pin, rejected, options, new_person_id, knn_index)
+    return _incremental(x, q, p, rejected, options, new_person_id, new, knn_index)
 
 
-def _incremental(x, q, p, rejected, options, new_person_id) -> np.ndarray:
+def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) -> np.ndarray:
     out = p.copy()
     good = q >= options.min_quality
-    pending = np.flatnonzero(~_has_person(p) & good)
+    unassigned_good = ~_has_person(p) & good
+    fresh = unassigned_good if new is None else unassigned_good & new
+    pending = np.flatnonzero(fresh)
     if len(pending) == 0:
         return out
     ids, templates, owner = person_templates(x, q, p, options)
@@ -408,12 +458,48 @@ def _incremental(x, q, p, rejected, options, new_person_id) -> np.ndarray:
     joined = match.person != None  # noqa: E711 - elementwise
     out[pending[joined]] = match.person[joined]
     rest = pending[~joined]
-    logger.info("people update: %d pending faces, %d joined existing people, %d to cluster",
-                len(pending), int(joined.sum()), len(rest))
-    labels = cluster_faces(x[rest], options)
+    older = np.flatnonzero(unassigned_good & ~fresh)
+    logger.info("people update: %d new faces, %d joined existing people, %d to cluster "
+                "(%d older unassigned faces as neighbours)", len(pending), int(joined.sum()),
+                len(rest), len(older))
+    if len(rest) == 0:
+        return out
+    nodes, graph = _pool_graph(x, rest, older, options, knn)
+    labels = cluster_graph(graph, x[nodes], options)
     for c in range(int(labels.max(initial=-1)) + 1):
-        out[rest[labels == c]] = new_person_id()
+        out[nodes[labels == c]] = new_person_id()
     return out
+
+
+def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: PeopleOptions,
+                knn: pk.KnnIndex | None) -> tuple[np.ndarray, cl.KnnGraph]:
+    """The graph to cluster new unmatched faces ``rest`` on: ``rest`` plus the older unassigned
+    faces among their neighbours (queried too), as ``(node rows, graph over them)``."""
+    n = len(x)
+    if len(older) == 0:
+        return rest, knn_graph(x, options, knn=knn, rows=rest)
+    k = options.neighbors
+    if knn is None:
+        # a temporary index over the unassigned good faces; its rows map back through `pool`
+        pool = np.union1d(rest, older)
+        knn = pk.KnnIndex.build(x[pool], options.use_approximate(len(pool)))
+
+        def query(rows):
+            nb, d = pk.search_rows(knn, np.searchsorted(pool, rows), k, use_ray=options.use_ray)
+            return np.where(nb >= 0, pool[np.clip(nb, 0, None)], -1), d
+    else:
+        def query(rows):
+            return pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+
+    nb, d = query(rest)
+    in_older = np.zeros(n, bool)
+    in_older[older] = True
+    touched = np.unique(nb[(nb >= 0) & in_older[np.clip(nb, 0, None)]])
+    nodes = np.concatenate([rest, touched])
+    if len(touched):
+        nb2, d2 = query(touched)
+        nb, d = np.concatenate([nb, nb2]), np.concatenate([d, d2])
+    return nodes, _local_graph(nb, d, nodes, n)
 
 
 #: Weight of a pinned face in the overlap that decides which old id a new cluster inherits.
@@ -443,13 +529,14 @@ def _inherit_ids(cluster_of: np.ndarray, old_code: np.ndarray, pin: np.ndarray) 
     return taken
 
 
-def _recluster(x, q, p, pin, rejected, options, new_person_id) -> np.ndarray:
+def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.ndarray:
     out = np.full(len(p), None, object)
     out[pin] = p[pin]
     good = np.flatnonzero(q >= options.min_quality)
     old_ids, old_code = _codes(p)
     pin_code = np.where(pin, old_code, -1)
-    labels = cluster_faces(x[good], options, cannot_link=pin_code[good])
+    graph = knn_graph(x, options, knn=knn, rows=good)
+    labels = cluster_graph(graph, x[good], options, cannot_link=pin_code[good])
     n_clusters = int(labels.max(initial=-1)) + 1
     cluster_of = np.full(len(p), -1, np.int64)
     cluster_of[good] = labels
@@ -463,4 +550,4 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id) -> np.ndarray:
                 continue
             out[r] = pid
     # good faces in no cluster may still be close enough to a person's template
-    return _incremental(x, q, out, rejected, options, new_person_id)
+    return _incremental(x, q, out, rejected, options, new_person_id, None, knn)
