@@ -53,7 +53,13 @@ class PeopleOptions:
     Attributes:
         min_quality: faces under this quality never start, join or shape a person.
         assign_distance: max squared L2 between a face and a person's template to join it.
-        cluster_distance: edges of the k-NN graph longer than this (squared L2) are dropped.
+        cluster_distance: edges of the k-NN graph longer than this (squared L2) are dropped
+            before the first stage (Chinese whispers: tight groups).
+        merge_distance: second stage: groups (and lone faces) joined by a graph edge no longer
+            than ``merge_candidates`` merge while their average linkage (the mean squared L2
+            between their faces, quality-weighted) is at most this; None: no second stage.
+            Also the largest average linkage at which a new group joins an existing person.
+        merge_candidates: the longest k-NN edge that makes two groups merge candidates.
         min_faces: smallest new person.
         neighbors: k of the k-NN graph.
         template: ``"mean"`` (one quality-weighted mean per person) or ``"centroids"``
@@ -70,6 +76,8 @@ class PeopleOptions:
     min_quality: float = 0.3
     assign_distance: float = 0.8
     cluster_distance: float = 0.7
+    merge_distance: float | None = 1.0
+    merge_candidates: float = 1.4
     min_faces: int = 2
     neighbors: int = 16
     template: str = "mean"
@@ -82,11 +90,13 @@ class PeopleOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_quality <= 1.0:
             raise ConfigError(f"min_quality must be in [0, 1], got {self.min_quality}")
-        for name in ("assign_distance", "cluster_distance"):
+        for name in ("assign_distance", "cluster_distance", "merge_candidates"):
             value = getattr(self, name)
             if not 0.0 < value <= 4.0:
                 raise ConfigError(f"{name} must be in (0, 4] (squared L2 of unit vectors), "
                                   f"got {value}")
+        if self.merge_distance is not None and not 0.0 < self.merge_distance <= 4.0:
+            raise ConfigError(f"merge_distance must be in (0, 4] or None, got {self.merge_distance}")
         if self.min_faces < 1:
             raise ConfigError(f"min_faces must be >= 1, got {self.min_faces}")
         if self.neighbors < 1:
@@ -327,13 +337,19 @@ def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
 
 
 def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOptions,
-                  cannot_link: np.ndarray | None = None) -> np.ndarray:
+                  cannot_link: np.ndarray | None = None,
+                  weights: np.ndarray | None = None) -> np.ndarray:
     """Cluster labels ``(M,) int64`` (-1: in no group of ``>= min_faces``) of the graph's nodes.
+
+    Stage 1: Chinese whispers on the edges within ``cluster_distance`` (tight groups, high
+    precision). Stage 2 (``merge_distance``): :func:`merge_groups`, average linkage between the
+    groups (and lone faces) the graph connects.
 
     Args:
         embeddings: ``(M, D)`` the nodes' unit rows.
         cannot_link: ``(M,) int64`` group per node (-1: none); two nodes with different groups
             >= 0 are never put in one cluster (pinned faces of different people).
+        weights: ``(M,)`` per node weight in the group means (quality; None: ones).
     """
     if len(graph) == 0:
         return np.zeros(0, np.int64)
@@ -344,7 +360,88 @@ def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOpt
                                                options.seed)
     if constrained:
         labels = _split_conflicts(labels, cannot_link, embeddings)
+    if options.merge_distance is not None:
+        labels = merge_groups(embeddings, labels, graph, options.merge_distance,
+                              options.merge_candidates, weights=weights,
+                              cannot_link=cannot_link if constrained else None)
     return cl.finalize_labels(labels, options.min_faces)
+
+
+def _group_means(x: np.ndarray, labels: np.ndarray, w: np.ndarray, n_groups: int) -> np.ndarray:
+    """Weighted raw (not re-normalised) mean of each group: ``(G, D) float32``."""
+    from scipy.sparse import csr_matrix
+
+    member = csr_matrix((w, (labels, np.arange(len(labels)))), shape=(n_groups, len(labels)))
+    total = np.asarray(member.sum(axis=1)).reshape(-1)
+    sums = member @ x
+    return (sums / np.maximum(total, 1e-12)[:, None]).astype(np.float32)
+
+
+def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_distance: float,
+                 candidates: float, *, weights: np.ndarray | None = None,
+                 cannot_link: np.ndarray | None = None, max_rounds: int = 200) -> np.ndarray:
+    """Graph-constrained average-linkage agglomeration of groups.
+
+    Every node with label -1 starts as a group of its own. Two groups are merge candidates when
+    a k-NN edge no longer than ``candidates`` joins them; their linkage is the mean squared L2
+    between their faces, ``2 - 2 m_a . m_b`` with ``m`` the weighted raw mean of a group's unit
+    rows. Each round merges every pair of groups that are each other's nearest candidate and
+    within ``merge_distance``; rounds repeat until nothing merges.
+
+    Returns:
+        ``(M,) int64`` labels 0..G-1 (every node in a group; singletons included).
+    """
+    n = len(x)
+    w = np.ones(n, np.float32) if weights is None else np.maximum(np.asarray(weights, np.float32), 1e-3)
+    lab = np.asarray(labels, np.int64).copy()
+    lone = lab < 0
+    lab[lone] = lab.max(initial=-1) + 1 + np.arange(int(lone.sum()))
+    _, lab = np.unique(lab, return_inverse=True)
+    lab = lab.reshape(-1)
+    k = graph.neighbors.shape[1]
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    cols = graph.neighbors.reshape(-1)
+    keep = (cols >= 0) & (graph.distances.reshape(-1) <= candidates)
+    ei, ej = rows[keep], cols[keep]
+    group_of_link = None
+    for _ in range(max_rounds):
+        g = int(lab.max(initial=-1)) + 1
+        a, b = lab[ei], lab[ej]
+        cross = a != b
+        if not cross.any():
+            break
+        a, b = np.minimum(a[cross], b[cross]), np.maximum(a[cross], b[cross])
+        key = np.unique(a * g + b)
+        a, b = key // g, key % g
+        if cannot_link is not None:
+            # a group's pinned group: -1 none, >= 0 one, -2 several (never happens after splits)
+            group_of_link = np.full(g, -1, np.int64)
+            pinned = cannot_link >= 0
+            group_of_link[lab[pinned]] = cannot_link[pinned]
+            ok = ~((group_of_link[a] >= 0) & (group_of_link[b] >= 0)
+                   & (group_of_link[a] != group_of_link[b]))
+            a, b = a[ok], b[ok]
+        m = _group_means(x, lab, w, g)
+        dist = 2.0 - 2.0 * np.einsum("ij,ij->i", m[a], m[b])
+        ok = dist <= merge_distance
+        a, b, dist = a[ok], b[ok], dist[ok]
+        if len(a) == 0:
+            break
+        # each group's nearest candidate (ties: smaller id); merge mutual nearest pairs
+        src, dst, dd = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([dist, dist])
+        order = np.lexsort((dst, dd, src))
+        first = order[np.r_[True, src[order][1:] != src[order][:-1]]]
+        best = np.full(g, -1, np.int64)
+        best[src[first]] = dst[first]
+        ids = np.arange(g)
+        mutual = (best >= 0) & (best[np.clip(best, 0, None)] == ids) & (ids < best)
+        if not mutual.any():
+            break
+        new_id = ids.copy()
+        new_id[best[mutual]] = ids[mutual]
+        _, lab = np.unique(new_id[lab], return_inverse=True)
+        lab = lab.reshape(-1)
+    return lab
 
 
 def cluster_faces(embeddings: np.ndarray, options: PeopleOptions,
@@ -465,10 +562,45 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     if len(rest) == 0:
         return out
     nodes, graph = _pool_graph(x, rest, older, options, knn)
-    labels = cluster_graph(graph, x[nodes], options)
-    for c in range(int(labels.max(initial=-1)) + 1):
-        out[nodes[labels == c]] = new_person_id()
+    labels = cluster_graph(graph, x[nodes], options, weights=q[nodes])
+    n_groups = int(labels.max(initial=-1)) + 1
+    joins = _join_people(x, q, p, nodes, labels, n_groups, options)
+    for c in range(n_groups):
+        members = nodes[labels == c]
+        if joins[c] is None:
+            out[members] = new_person_id()
+            continue
+        pid = joins[c]
+        ok = np.array([pid not in rejected.get(int(r), ()) for r in members], bool)
+        out[members[ok]] = pid
     return out
+
+
+def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.ndarray,
+                 labels: np.ndarray, n_groups: int, options: PeopleOptions) -> list[str | None]:
+    """For each new group, the existing person it joins (or None): the person with the smallest
+    average linkage to it (the second clustering stage, against the people's good faces),
+    when within ``merge_distance``."""
+    joins: list[str | None] = [None] * n_groups
+    if n_groups == 0 or options.merge_distance is None:
+        return joins
+    ids, code = _codes(person)
+    good = (code >= 0) & (q >= options.min_quality)
+    if not good.any():
+        return joins
+    w = np.maximum(q, 1e-3)
+    people = _group_means(x[good], code[good], w[good], len(ids))
+    inside = labels >= 0
+    groups = _group_means(x[nodes[inside]], labels[inside], w[nodes[inside]], n_groups)
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(np.ascontiguousarray(people))
+    ip, hit = index.search(np.ascontiguousarray(groups), 1)
+    linkage = 2.0 - 2.0 * ip[:, 0]
+    for c in np.flatnonzero((hit[:, 0] >= 0) & (linkage <= options.merge_distance)):
+        joins[int(c)] = str(ids[hit[c, 0]])
+    return joins
 
 
 def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: PeopleOptions,
@@ -536,7 +668,7 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     old_ids, old_code = _codes(p)
     pin_code = np.where(pin, old_code, -1)
     graph = knn_graph(x, options, knn=knn, rows=good)
-    labels = cluster_graph(graph, x[good], options, cannot_link=pin_code[good])
+    labels = cluster_graph(graph, x[good], options, cannot_link=pin_code[good], weights=q[good])
     n_clusters = int(labels.max(initial=-1)) + 1
     cluster_of = np.full(len(p), -1, np.int64)
     cluster_of[good] = labels
