@@ -134,6 +134,20 @@ def _check_inputs(embeddings, quality, person, pinned) -> tuple[np.ndarray, np.n
     return x, q, p, pin
 
 
+def _unit_rows(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """``x`` itself when its rows are finite float32 unit vectors (no copy of a 2 GB matrix),
+    else a re-normalised copy (ConfigError on NaN/inf)."""
+    if len(x) == 0:
+        return np.ascontiguousarray(x, np.float32)
+    ok = x.dtype == np.float32 and x.flags.c_contiguous
+    for s in range(0, len(x), chunk):
+        norms = np.linalg.norm(x[s:s + chunk], axis=1)
+        if not np.all(np.isfinite(norms)):
+            raise ConfigError("embeddings contain NaN or infinite values")
+        ok = ok and bool(np.all(np.abs(norms - 1.0) <= 1e-3))
+    return x if ok else fx.as_unit_rows(x)
+
+
 def _has_person(person: np.ndarray) -> np.ndarray:
     return np.fromiter((v is not None for v in person), bool, len(person))
 
@@ -198,13 +212,12 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
     x, q, p, _ = _check_inputs(embeddings, quality, person, None)
     ids, code = _codes(p)
     good = (code >= 0) & (q >= options.min_quality)
-    w = np.maximum(q[good], 1e-3).astype(np.float64)
-    sums = np.zeros((len(ids), x.shape[1]), np.float64)
-    np.add.at(sums, code[good], x[good] * w[:, None])
+    w = np.maximum(q[good], 1e-3).astype(np.float32)
     counts = np.bincount(code[good], minlength=len(ids))
     has = counts > 0
     owners = np.flatnonzero(has)
-    templates = _normalize(sums[has])
+    good_rows = np.flatnonzero(good)
+    templates = _normalize(_group_means(x, code[good_rows], w, len(ids), rows=good_rows)[has])
     owner = owners.astype(np.int64)
     if options.template == "centroids" and options.max_centroids > 1:
         many = np.flatnonzero(counts >= 4 * 2)
@@ -331,14 +344,16 @@ def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
     if knn is not None:
         nb, d = pk.search_rows(knn, rows, k, use_ray=options.use_ray)
         return _local_graph(nb, d, rows, n)
-    local = pk.KnnIndex.build(embeddings[rows], options.use_approximate(len(rows)))
+    local = pk.KnnIndex.empty(embeddings.shape[1], options.use_approximate(len(rows)))
+    for s in range(0, len(rows), fx.ADD_BATCH):
+        local.add(embeddings[rows[s:s + fx.ADD_BATCH]])
     nb, d = pk.search_rows(local, None, k, use_ray=options.use_ray)
     return cl.KnnGraph(nb, d)
 
 
 def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOptions,
                   cannot_link: np.ndarray | None = None,
-                  weights: np.ndarray | None = None) -> np.ndarray:
+                  weights: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
     """Cluster labels ``(M,) int64`` (-1: in no group of ``>= min_faces``) of the graph's nodes.
 
     Stage 1: Chinese whispers on the edges within ``cluster_distance`` (tight groups, high
@@ -346,7 +361,8 @@ def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOpt
     groups (and lone faces) the graph connects.
 
     Args:
-        embeddings: ``(M, D)`` the nodes' unit rows.
+        embeddings: ``(M, D)`` the nodes' unit rows, or with ``rows (M,)`` the collection's
+            rows (node ``i`` is ``embeddings[rows[i]]``; nothing is copied out).
         cannot_link: ``(M,) int64`` group per node (-1: none); two nodes with different groups
             >= 0 are never put in one cluster (pinned faces of different people).
         weights: ``(M,)`` per node weight in the group means (quality; None: ones).
@@ -359,27 +375,34 @@ def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOpt
     labels = cl.CLUSTERERS["chinese-whispers"](graph, options.cluster_distance, options.min_faces,
                                                options.seed)
     if constrained:
-        labels = _split_conflicts(labels, cannot_link, embeddings)
+        labels = _split_conflicts(labels, cannot_link, embeddings, rows)
     if options.merge_distance is not None:
         labels = merge_groups(embeddings, labels, graph, options.merge_distance,
                               options.merge_candidates, weights=weights,
-                              cannot_link=cannot_link if constrained else None)
+                              cannot_link=cannot_link if constrained else None, rows=rows)
     return cl.finalize_labels(labels, options.min_faces)
 
 
-def _group_means(x: np.ndarray, labels: np.ndarray, w: np.ndarray, n_groups: int) -> np.ndarray:
-    """Weighted raw (not re-normalised) mean of each group: ``(G, D) float32``."""
+def _group_means(x: np.ndarray, labels: np.ndarray, w: np.ndarray, n_groups: int,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+    """Weighted raw (not re-normalised) mean of each group: ``(G, D) float32``.
+
+    ``labels (M,)`` and ``w (M,)`` belong to ``x[rows]`` (all of ``x`` when ``rows`` is None;
+    the rows are not copied out of ``x``)."""
     from scipy.sparse import csr_matrix
 
-    member = csr_matrix((w, (labels, np.arange(len(labels)))), shape=(n_groups, len(labels)))
+    cols = np.arange(len(labels)) if rows is None else np.asarray(rows, np.int64)
+    member = csr_matrix((np.asarray(w, np.float32), (np.asarray(labels, np.int64), cols)),
+                        shape=(n_groups, len(x)))
     total = np.asarray(member.sum(axis=1)).reshape(-1)
-    sums = member @ x
-    return (sums / np.maximum(total, 1e-12)[:, None]).astype(np.float32)
+    sums = np.asarray(member @ x, np.float32)
+    return sums / np.maximum(total, 1e-12).astype(np.float32)[:, None]
 
 
 def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_distance: float,
                  candidates: float, *, weights: np.ndarray | None = None,
-                 cannot_link: np.ndarray | None = None, max_rounds: int = 200) -> np.ndarray:
+                 cannot_link: np.ndarray | None = None, rows: np.ndarray | None = None,
+                 max_rounds: int = 200) -> np.ndarray:
     """Graph-constrained average-linkage agglomeration of groups.
 
     Every node with label -1 starts as a group of its own. Two groups are merge candidates when
@@ -388,10 +411,12 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
     rows. Each round merges every pair of groups that are each other's nearest candidate and
     within ``merge_distance``; rounds repeat until nothing merges.
 
+    ``x`` holds the nodes' rows, or with ``rows (M,)`` node ``i`` is ``x[rows[i]]``.
+
     Returns:
         ``(M,) int64`` labels 0..G-1 (every node in a group; singletons included).
     """
-    n = len(x)
+    n = len(labels)
     w = np.ones(n, np.float32) if weights is None else np.maximum(np.asarray(weights, np.float32), 1e-3)
     lab = np.asarray(labels, np.int64).copy()
     lone = lab < 0
@@ -421,8 +446,17 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
             ok = ~((group_of_link[a] >= 0) & (group_of_link[b] >= 0)
                    & (group_of_link[a] != group_of_link[b]))
             a, b = a[ok], b[ok]
-        m = _group_means(x, lab, w, g)
-        dist = 2.0 - 2.0 * np.einsum("ij,ij->i", m[a], m[b])
+        # means of the groups that have a candidate pair only
+        involved = np.unique(np.concatenate([a, b]))
+        compact = np.full(g, -1, np.int64)
+        compact[involved] = np.arange(len(involved))
+        member = np.flatnonzero(compact[lab] >= 0)
+        m = _group_means(x, compact[lab[member]], w[member], len(involved),
+                         rows=member if rows is None else rows[member])
+        dist = np.empty(len(a), np.float32)
+        for s in range(0, len(a), 1 << 20):
+            ma, mb = m[compact[a[s:s + (1 << 20)]]], m[compact[b[s:s + (1 << 20)]]]
+            dist[s:s + len(ma)] = 2.0 - 2.0 * np.einsum("ij,ij->i", ma, mb)
         ok = dist <= merge_distance
         a, b, dist = a[ok], b[ok], dist[ok]
         if len(a) == 0:
@@ -460,18 +494,23 @@ def _drop_cannot_links(graph: cl.KnnGraph, group: np.ndarray) -> cl.KnnGraph:
                        .astype(np.float32))
 
 
-def _split_conflicts(labels: np.ndarray, group: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _split_conflicts(labels: np.ndarray, group: np.ndarray, x: np.ndarray,
+                     rows: np.ndarray | None = None) -> np.ndarray:
     """A cluster holding pinned faces of several people: each of its faces goes with the pinned
     group whose mean is nearest (the pinned faces with their own)."""
     labels = labels.copy()
     next_label = int(labels.max(initial=-1)) + 1
+    row_of = np.arange(len(labels)) if rows is None else np.asarray(rows, np.int64)
     for c in np.unique(labels[group >= 0]):
+        if c < 0:
+            continue
         members = np.flatnonzero(labels == c)
         groups = np.unique(group[members][group[members] >= 0])
         if len(groups) < 2:
             continue
-        means = _normalize(np.stack([x[members[group[members] == g]].mean(axis=0) for g in groups]))
-        pick = np.argmax(x[members] @ means.T, axis=1)
+        vec = x[row_of[members]]
+        means = _normalize(np.stack([vec[group[members] == g].mean(axis=0) for g in groups]))
+        pick = np.argmax(vec @ means.T, axis=1)
         fixed = group[members] >= 0
         pick[fixed] = np.searchsorted(groups, group[members][fixed])
         for k in range(1, len(groups)):
@@ -524,7 +563,7 @@ def update_assignments(
         ``(N,) object``: person id or None per face.
     """
     x, q, p, pin = _check_inputs(embeddings, quality, person, pinned)
-    x = fx.as_unit_rows(x) if len(x) else x
+    x = _unit_rows(x)
     n = len(x)
     for row in rejected:
         if not 0 <= int(row) < n:
@@ -549,11 +588,16 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     if len(pending) == 0:
         return out
     ids, templates, owner = person_templates(x, q, p, options)
-    match = identify_against_templates(x[pending], ids, templates, owner,
-                                       options.assign_distance,
-                                       rejected=_rejected_list(pending, rejected))
-    joined = match.person != None  # noqa: E711 - elementwise
-    out[pending[joined]] = match.person[joined]
+    joined = np.zeros(len(pending), bool)
+    if len(templates):
+        for s in range(0, len(pending), fx.ADD_BATCH):
+            part = pending[s:s + fx.ADD_BATCH]
+            match = identify_against_templates(x[part], ids, templates, owner,
+                                               options.assign_distance,
+                                               rejected=_rejected_list(part, rejected))
+            hit = match.person != None  # noqa: E711 - elementwise
+            out[part[hit]] = match.person[hit]
+            joined[s:s + len(part)] = hit
     rest = pending[~joined]
     older = np.flatnonzero(unassigned_good & ~fresh)
     logger.info("people update: %d new faces, %d joined existing people, %d to cluster "
@@ -562,7 +606,7 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     if len(rest) == 0:
         return out
     nodes, graph = _pool_graph(x, rest, older, options, knn)
-    labels = cluster_graph(graph, x[nodes], options, weights=q[nodes])
+    labels = cluster_graph(graph, x, options, weights=q[nodes], rows=nodes)
     n_groups = int(labels.max(initial=-1)) + 1
     joins = _join_people(x, q, p, nodes, labels, n_groups, options)
     for c in range(n_groups):
@@ -589,9 +633,10 @@ def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.nda
     if not good.any():
         return joins
     w = np.maximum(q, 1e-3)
-    people = _group_means(x[good], code[good], w[good], len(ids))
+    good_rows = np.flatnonzero(good)
+    people = _group_means(x, code[good_rows], w[good_rows], len(ids), rows=good_rows)
     inside = labels >= 0
-    groups = _group_means(x[nodes[inside]], labels[inside], w[nodes[inside]], n_groups)
+    groups = _group_means(x, labels[inside], w[nodes[inside]], n_groups, rows=nodes[inside])
     import faiss
 
     index = faiss.IndexFlatIP(x.shape[1])
@@ -668,7 +713,8 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     old_ids, old_code = _codes(p)
     pin_code = np.where(pin, old_code, -1)
     graph = knn_graph(x, options, knn=knn, rows=good)
-    labels = cluster_graph(graph, x[good], options, cannot_link=pin_code[good], weights=q[good])
+    labels = cluster_graph(graph, x, options, cannot_link=pin_code[good], weights=q[good],
+                           rows=good)
     n_clusters = int(labels.max(initial=-1)) + 1
     cluster_of = np.full(len(p), -1, np.int64)
     cluster_of[good] = labels
