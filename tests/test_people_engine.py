@@ -215,3 +215,80 @@ def test_bad_inputs():
     empty = pe.update_assignments(np.zeros((0, D), np.float32), np.zeros(0), none(0),
                                   np.zeros(0, bool), {}, OPTS, ids())
     assert len(empty) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# incremental updates through a kept k-NN index; Ray-sharded queries
+# ---------------------------------------------------------------------------------------------
+
+def test_incremental_with_new_mask_and_kept_index():
+    from facenet_platform.index.people_knn import KnnIndex
+
+    x, labels, centers, rng = planted(people=6, per=8)
+    n = len(x)
+    knn = KnnIndex.empty(D, approximate=False)
+    first = pe.update_assignments(x, np.ones(n), none(n), np.zeros(n, bool), {}, OPTS, ids("a"),
+                                  knn_index=knn)
+    assert len(knn) == n
+    # later: two faces of an old identity, three of a new one, and one face that pairs with an
+    # older unassigned face
+    far = unit(rng.normal(size=(1, D)))
+    x_old = np.concatenate([x, unit(far + rng.normal(size=(1, D)) * 0.02)])
+    p_old = np.concatenate([first, none(1)])
+    newcomer = unit(rng.normal(size=(1, D)))
+    added = unit(np.concatenate([centers[[5, 5]], np.repeat(newcomer, 3, 0),
+                                 far]) + rng.normal(size=(6, D)) * 0.02)
+    x2 = np.concatenate([x_old, added])
+    p2 = np.concatenate([p_old, none(6)])
+    new = np.r_[np.zeros(n + 1, bool), np.ones(6, bool)]
+    results = []
+    for index in (knn, None):
+        out = pe.update_assignments(x2, np.ones(len(x2)), p2, np.zeros(len(x2), bool), {}, OPTS,
+                                    ids("b"), new=new, knn_index=index)
+        results.append(out)
+        assert list(out[:n]) == list(first)
+        assert out[n + 1] == out[n + 2] == first[labels == 5][0]
+        assert out[n + 3] == out[n + 4] == out[n + 5] and out[n + 3] not in set(first)
+        # the older unassigned face pairs with the new one close to it
+        assert out[n] is not None and out[n] == out[n + 6] != out[n + 3]
+    assert list(results[0]) == list(results[1])
+    assert len(knn) == len(x2)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_ray_sharded_knn_equals_in_process(ray_local, approximate):
+    from facenet_platform.index import people_knn as pk
+
+    rng = np.random.default_rng(3)
+    x = unit(rng.normal(size=(1500, 64)))
+    knn = pk.KnnIndex.build(x, approximate)
+    rows = np.arange(0, 1500, 7)
+    for subset in (None, rows):
+        nb, d = pk.search_rows(knn, subset, 8, use_ray=False)
+        nb_ray, d_ray = pk.search_rows(knn, subset, 8, use_ray=True, shard_rows=200, actors=2)
+        assert np.array_equal(nb, nb_ray)
+        assert np.allclose(d, d_ray, atol=1e-5)
+    # self excluded, ascending
+    nb, d = pk.search_rows(knn, None, 8, use_ray=False)
+    assert not np.any(nb == np.arange(1500)[:, None]) and np.all(np.diff(d, axis=1) >= 0)
+
+
+def test_update_through_ray_equals_in_process(ray_local):
+    x, labels, _, _ = planted(people=8, per=6)
+    n = len(x)
+    outs = [pe.update_assignments(x, np.ones(n), none(n), np.zeros(n, bool), {},
+                                  pe.PeopleOptions(use_ray=use_ray), ids())
+            for use_ray in (False, True)]
+    assert list(outs[0]) == list(outs[1])
