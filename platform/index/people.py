@@ -33,10 +33,11 @@ import numpy as np
 
 from facenet_platform.core.errors import ConfigError
 
-from . import faiss_index as fx
 from .face_ids import check_face_id
 from .layout import IndexLayout
-from .people_data import CollectionFaces, embeddings_of, enrolled_faces, read_collection
+from .people_data import (
+    CollectionFaces, EnrolledFaces, embeddings_of, enrolled_faces, read_collection,
+)
 from .people_engine import PeopleOptions, person_templates, update_assignments
 from .people_store import (
     Event, FaceTable, PeopleError, PeopleState, PeopleStore, Person, Templates, Transaction,
@@ -135,7 +136,7 @@ def _templates_for(layout: IndexLayout, state: PeopleState, pids: set[str],
     if names:
         enrolled = enrolled if enrolled is not None else enrolled_faces(layout)
         for name, pid in names.items():
-            emb = enrolled.embeddings.get(name)
+            emb = enrolled.of(name) if len(enrolled) else None
             if emb is not None and len(emb):
                 vectors.append(emb)
                 quality.append(np.ones(len(emb), np.float32))
@@ -434,7 +435,7 @@ class UpdateSummary:
     metrics: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        from .cluster import size_histogram
+        from .people_clusters import size_histogram
 
         out = asdict(self)
         out["largest"] = self.sizes[:10]
@@ -445,8 +446,15 @@ class UpdateSummary:
             out.pop("metrics")
         return out
 
+    def line(self) -> str:
+        """One line (``index build`` prints it after its own summary)."""
+        return (f"v{self.version}: {self.new_faces} new faces: {self.joined} joined people, "
+                f"{self.new_people_faces} formed {self.new_people} new people; "
+                f"{self.unassigned} of {self.faces} faces belong to nobody; {self.people} "
+                f"people ({self.named} named)")
+
     def text(self) -> str:
-        from .cluster import size_histogram
+        from .people_clusters import size_histogram
 
         lines = [
             f"people v{self.version} ({self.mode}): {self.faces} faces, {self.new_faces} new: "
@@ -468,12 +476,19 @@ class UpdateSummary:
         return "\n".join(lines)
 
 
-def _link_enrolled(state: PeopleState, names: Sequence[str]) -> int:
-    """Give each enrolled identity a person: the one linked to it, else the person with its name
-    (who gets the link), else a new named person. Returns how many links were made."""
+def _link_enrolled(state: PeopleState, enrolled: EnrolledFaces, options: PeopleOptions) -> int:
+    """Give each enrolled identity a person; returns how many links were made.
+
+    In order: the person already linked to it; else the person with its name; else the unnamed,
+    visible person whose template is nearest the identity's photos (within
+    ``options.assign_distance``: the decision ``identify`` would make), which then takes the
+    name -- so enrolling a few photos names people found earlier; else a new named person.
+    """
+    from .people_engine import identify_against_templates
+
     linked = {n for p in state.people.values() for n in p.enrolled_as}
     made = 0
-    for name in names:
+    for name in enrolled.identities:
         if name in linked:
             continue
         try:
@@ -483,48 +498,113 @@ def _link_enrolled(state: PeopleState, names: Sequence[str]) -> int:
             logger.warning("enrolled identity %r cannot be a person's name; its person stays "
                            "unnamed", name)
         existing = state.by_name(clean) if clean else None
+        if existing is None:
+            free = {p.id for p in state.people.values()
+                    if p.name is None and not p.hidden and not p.enrolled_as}
+            tpl = state.templates
+            keep = np.isin(tpl.person.astype(str), np.array(sorted(free), dtype=str)) \
+                if len(tpl) and free else np.zeros(len(tpl), bool)
+            if keep.any():
+                emb = enrolled.of(name)
+                ids, centre, _ = person_templates(emb, np.ones(len(emb), np.float32),
+                                                  np.full(len(emb), name, object), options)
+                owners, codes = np.unique(tpl.person[keep].astype(str), return_inverse=True)
+                match = identify_against_templates(centre, owners.astype(object),
+                                                   tpl.vectors[keep], codes.astype(np.int64),
+                                                   options.assign_distance)
+                if len(ids) and match.person[0] is not None:
+                    existing = state.people[str(match.person[0])]
+                    logger.info("enrolled identity %r names %s (distance %.3f)", name,
+                                existing.id, float(match.distance[0]))
         if existing is not None:
-            state.people[existing.id] = Person(existing.id, existing.name, existing.hidden,
-                                               existing.cover, (*existing.enrolled_as, name),
-                                               existing.created_at)
+            state.people[existing.id] = Person(
+                existing.id, existing.name if existing.name is not None else clean,
+                existing.hidden, existing.cover, (*existing.enrolled_as, name),
+                existing.created_at, existing.n_faces, existing.n_photos)
         else:
             pid = state.new_person_id()
             state.people[pid] = Person(pid, clean, False, None, (name,), _now())
+        linked.add(name)
         made += 1
     return made
 
 
-def _search_index(tx: Transaction, faces: CollectionFaces, options: PeopleOptions) -> str:
-    """Write this version's FAISS index over every live face (ids = rows of a face-id list
-    written beside it) unless the previous one covers exactly the same faces."""
-    import hashlib
+@dataclass
+class _Rows:
+    """The rows the engine sees: the collection's live faces and the enrolled photos, in an
+    order that stays put between runs (earlier rows first) so that the k-NN index of the last
+    run can be extended instead of rebuilt."""
 
+    keys: np.ndarray          # (R,) object: face id, or g<gallery id> for an enrolled photo
+    face_row: np.ndarray      # (R,) int64: row in CollectionFaces, -1 for enrolled photos
+    enrolled_row: np.ndarray  # (R,) int64: row in EnrolledFaces, -1 for collection faces
+    knn: Any                  # people_knn.KnnIndex holding a prefix of the rows
+    reused: int               # rows of the last run's index kept
+
+
+def _rows(store: PeopleStore, state: PeopleState, faces: CollectionFaces,
+          enrolled: EnrolledFaces, options: PeopleOptions) -> _Rows:
+    from . import people_knn as pk
+
+    keys = np.concatenate([faces.face_id, enrolled.keys()]) if len(enrolled) else faces.face_id
+    face_row = np.r_[np.arange(len(faces)), np.full(len(enrolled), -1)].astype(np.int64)
+    enrolled_row = np.r_[np.full(len(faces), -1), np.arange(len(enrolled))].astype(np.int64)
+    approximate = options.use_approximate(len(keys))
+    kind = "hnsw" if approximate else "flat"
+    previous = _load_knn(store, state, kind)
+    if previous is not None:
+        knn, old_keys = previous
+        where = {k: i for i, k in enumerate(keys.tolist())}
+        if all(k in where for k in old_keys.tolist()) and len(old_keys) == len(knn):
+            first = np.array([where[k] for k in old_keys.tolist()], np.int64)
+            rest = np.setdiff1d(np.arange(len(keys)), first, assume_unique=True)
+            order = np.r_[first, rest[np.argsort(keys[rest].astype(str), kind="stable")]]
+            return _Rows(keys[order], face_row[order], enrolled_row[order], knn, len(first))
+        logger.info("people update: faces left the collection since the last run; the k-NN "
+                    "index is built again")
+    dim = faces.embedding_size if len(faces) else enrolled.embeddings.shape[1]
+    return _Rows(keys, face_row, enrolled_row, pk.KnnIndex.empty(dim, approximate), 0)
+
+
+def _load_knn(store: PeopleStore, state: PeopleState, kind: str):
+    """The last run's k-NN index and its row keys, or None (none, another kind, unreadable)."""
+    import pyarrow.parquet as pq
+
+    from . import people_knn as pk
+
+    record = state.search_index
+    if not record or record.get("type") != kind or not record.get("ids"):
+        return None
+    try:
+        data = store.layout.read_bytes(store._path(record["file"]))
+        keys = pq.read_table(store._path(record["ids"]), filesystem=store.fs).column("key")
+    except (OSError, KeyError) as exc:
+        logger.warning("people update: the last k-NN index is unreadable (%s); building it "
+                       "again", exc)
+        return None
+    knn = pk.KnnIndex.from_bytes(np.frombuffer(data, np.uint8), kind)
+    return knn, np.asarray(keys.to_pylist(), dtype=object)
+
+
+def _save_knn(tx: Transaction, rows: _Rows) -> str:
+    """This version's k-NN index (also ``search-face``'s index) and its row keys."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    digest = hashlib.sha256("\n".join(faces.face_id.tolist()).encode()).hexdigest()
     previous = tx.before.search_index
-    if previous and previous.get("faces_digest") == digest and \
-            tx.store.layout.exists(tx.store._path(previous["file"])):
-        return "kept"
-    n = len(faces)
-    kind = "hnsw" if options.use_approximate(n) else "flat"
-    index, params = fx.build_index(kind, faces.embedding, np.arange(n, dtype=np.int64))
+    if previous and rows.reused == len(rows.keys) == int(previous.get("size", -1)):
+        return f"kept ({rows.knn.kind} over {len(rows.keys)} rows)"
+    data = rows.knn.to_bytes()
 
     def write(path: str, fs) -> None:
-        import pyarrow.fs as pafs
-
-        if isinstance(fs, pafs.LocalFileSystem):
-            fx.write_index_file(index, path)
-        else:
-            tx.store.layout.write_bytes_atomic(path, fx.serialize_index(index))
-        pq.write_table(pa.table({"face_id": pa.array(faces.face_id.tolist(), pa.string())}),
+        tx.store.layout.write_bytes_atomic(path, np.asarray(data).tobytes())
+        pq.write_table(pa.table({"key": pa.array(rows.keys.tolist(), pa.string())}),
                        path.rsplit(".", 1)[0] + ".ids.parquet", filesystem=fs)
 
-    tx.write_search_index(write, kind, params, n)
-    tx.search_index_file["faces_digest"] = digest
+    tx.write_search_index(write, rows.knn.kind, {}, len(rows.keys))
     tx.search_index_file["ids"] = tx.search_index_file["file"].rsplit(".", 1)[0] + ".ids.parquet"
-    return f"{kind} over {n} faces"
+    return (f"{rows.knn.kind} over {len(rows.keys)} rows"
+            + (f" ({rows.reused} reused)" if rows.reused else ""))
 
 
 def update_people(index_dir, *, recluster: bool = False, min_quality: float | None = None,
@@ -566,9 +646,12 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
                               f"{faces.model_id}; remove {store.dir} to start over")
         opts = options_of(state.settings, min_quality=min_quality, **(options or {}))
         n = len(faces)
-        linked = _link_enrolled(state, enrolled.names)
+        linked = _link_enrolled(state, enrolled, opts)
+        rows = _rows(store, state, faces, enrolled, opts)
+        fr, er = rows.face_row, rows.enrolled_row
+        is_face = fr >= 0
 
-        # current assignments of the live faces
+        # what the people know of each row: person, pinned, rejections, new or not
         old = state.faces
         old_keys = old.face_id.astype(str) if len(old) else np.zeros(0, str)
         keys = faces.face_id.astype(str) if n else np.zeros(0, str)
@@ -578,27 +661,31 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
         pinned = np.zeros(n, bool)
         person[known] = old.person[pos[known]]
         pinned[known] = old.pinned[pos[known]]
-        rejected_of = state.rejected_of()
-        rejected = {int(i): rejected_of[f] for i, f in enumerate(faces.face_id.tolist())
-                    if f in rejected_of}
-
-        # the enrolled photos take part as pinned faces of their people
         owner_of = {name: p.id for p in state.people.values() for name in p.enrolled_as}
-        extra_emb, extra_owner = [], []
-        for name in enrolled.names:
-            emb = enrolled.embeddings[name]
-            extra_emb.append(emb)
-            extra_owner.append(np.full(len(emb), owner_of[name], object))
-        m = sum(len(e) for e in extra_emb)
-        x = np.concatenate([faces.embedding, *extra_emb]) if m else faces.embedding
-        q = np.concatenate([faces.quality, np.ones(m, np.float32)])
-        p_in = np.concatenate([person, *extra_owner]) if m else person
-        pin_in = np.concatenate([pinned, np.ones(m, bool)])
+        x = np.empty((len(rows.keys), faces.embedding_size if n else
+                      enrolled.embeddings.shape[1]), np.float32)
+        x[is_face] = faces.embedding[fr[is_face]]
+        if len(enrolled):
+            x[~is_face] = enrolled.embeddings[er[~is_face]]
+        q = np.ones(len(rows.keys), np.float32)
+        q[is_face] = faces.quality[fr[is_face]]
+        p_in = np.full(len(rows.keys), None, object)
+        p_in[is_face] = person[fr[is_face]]
+        p_in[~is_face] = [owner_of[name] for name in enrolled.names[er[~is_face]]]
+        pin_in = np.ones(len(rows.keys), bool)
+        pin_in[is_face] = pinned[fr[is_face]]
+        new = np.ones(len(rows.keys), bool)
+        new[is_face] = ~known[fr[is_face]]
+        new[~is_face] = np.arange(len(rows.keys))[~is_face] >= rows.reused
+        rejected_of = state.rejected_of()
+        rejected = {int(r): rejected_of[k] for r, k in enumerate(rows.keys.tolist())
+                    if k in rejected_of}
 
         p_out = update_assignments(x, q, p_in, pin_in, rejected, opts, state.new_person_id,
-                                   recluster=recluster)
+                                   recluster=recluster, new=new, knn_index=rows.knn)
         _check_decisions_kept(p_in, pin_in, p_out, rejected)
-        new_person = np.asarray(p_out[:n], dtype=object)
+        new_person = np.full(n, None, object)
+        new_person[fr[is_face]] = p_out[is_face]
 
         # the new face table: the live faces, and the pinned faces of photos gone meanwhile
         # (a decision is kept in case the photo comes back)
@@ -615,17 +702,15 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
         tx.counts_changed = True
 
         ids, templates, own = person_templates(x, q, p_out, opts)
-        keep = np.isin(np.asarray(ids, dtype=object)[own].astype(str),
-                       np.array(sorted(state.people), dtype=str))
-        state.templates = Templates(np.asarray(ids, dtype=object)[own][keep],
-                                    templates[keep]).sorted()
+        owner = np.asarray(ids, dtype=object)[own]
+        keep = np.isin(owner.astype(str), np.array(sorted(state.people), dtype=str))
+        state.templates = Templates(owner[keep], templates[keep]).sorted()
         tx.templates_changed = True
 
         _record_options(state.settings, opts)
         state.settings.update({"model_id": faces.model_id, "embedding_size": faces.embedding_size})
-        searched = _search_index(tx, faces, opts) if n else "none"
+        searched = _save_knn(tx, rows)
 
-        was_new = ~known
         had = np.fromiter((p is not None for p in person), bool, n)
         now_has = np.fromiter((p is not None for p in new_person), bool, n)
         created = np.isin(new_person.astype(str), np.array(sorted(
@@ -633,7 +718,7 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
         people = list(state.people.values())
         summary = UpdateSummary(
             version=tx.next_version, mode="recluster" if recluster else "incremental",
-            faces=n, new_faces=int(was_new.sum()),
+            faces=n, new_faces=int((~known).sum()),
             joined=int(np.sum(now_has & ~had & ~created)),
             new_people=len(set(state.people) - before_people),
             new_people_faces=int(created.sum()), unassigned=int(np.sum(~now_has)),
@@ -672,7 +757,7 @@ def clustering_metrics(faces: CollectionFaces, person: np.ndarray, truth: str) -
     each photo's parent folder name), faces of nobody counted as singletons."""
     import os
 
-    from .cluster import bcubed_scores, pairwise_scores
+    from .people_clusters import bcubed_scores, pairwise_scores
 
     if truth != "folder":
         raise ConfigError(f"unknown truth {truth!r}; use 'folder'")

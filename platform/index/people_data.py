@@ -187,24 +187,40 @@ def live_paths(layout: IndexLayout) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class EnrolledFaces:
-    """The gallery's photos (``index enroll``), grouped by identity name."""
+    """The gallery's photos (``index enroll``): one row per enrolled face."""
 
-    names: list[str]                 # sorted
-    embeddings: dict[str, np.ndarray]  # name -> (n, D) unit rows
+    ids: np.ndarray          # (M,) int64 gallery face ids (stable, never reused)
+    names: np.ndarray        # (M,) object identity names
+    embeddings: np.ndarray   # (M, D) float32 unit rows
     model_id: str | None
     version: int
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.embeddings.values())
+        return int(len(self.ids))
+
+    @property
+    def identities(self) -> list[str]:
+        """Identity names, sorted."""
+        return sorted(set(self.names.tolist()))
+
+    def keys(self) -> np.ndarray:
+        """Row keys of the enrolled faces among the people's rows: ``g<gallery id>``."""
+        return np.array([f"g{int(i)}" for i in self.ids], dtype=object)
+
+    def of(self, name: str) -> np.ndarray:
+        """``(n, D)`` embeddings of identity ``name``."""
+        return self.embeddings[self.names == name]
 
 
 def enrolled_faces(layout: IndexLayout) -> EnrolledFaces:
-    """Every enrolled face by identity (empty when the index has no gallery)."""
+    """Every enrolled face (empty when the index has no gallery)."""
     section = read_manifest(layout).get("gallery")
     if not section:
-        return EnrolledFaces([], {}, None, 0)
+        return EnrolledFaces(np.zeros(0, np.int64), np.zeros(0, object),
+                             np.zeros((0, 0), np.float32), None, 0)
     from .gallery import Gallery
 
     gallery = Gallery.load(layout, mmap=False)
-    by_name = gallery.embeddings_by_identity()
-    return EnrolledFaces(sorted(by_name), by_name, gallery.model_id, gallery.version)
+    ids, names, embeddings = gallery.enrolled_faces()
+    return EnrolledFaces(ids, names.astype(object), fx.as_unit_rows(embeddings)
+                         if len(embeddings) else embeddings, gallery.model_id, gallery.version)

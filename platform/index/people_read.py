@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["FaceSearcher", "PHOTOS_SCHEMA", "face_rows", "list_people", "person_photos",
            "write_contact_sheet", "write_photos_parquet"]
 
+#: HNSW search breadth of ``search-face``.
+SEARCH_EF = 128
 #: Filters of ``people list``.
 FILTERS = ("visible", "named", "unnamed", "hidden", "all")
 
@@ -148,7 +150,7 @@ def write_contact_sheet(layout: IndexLayout, state: PeopleState, person: Person,
 
     from facenet_platform.core.errors import ImageError
 
-    from .cluster import THUMBNAIL_SIZE, _read_source, contact_sheet, face_thumbnail
+    from .people_clusters import THUMBNAIL_SIZE, _read_source, contact_sheet, face_thumbnail
 
     if max_thumbnails < 1:
         raise ConfigError(f"--max-thumbnails must be >= 1, got {max_thumbnails}")
@@ -223,10 +225,14 @@ class FaceSearcher:
             self.index = fx.read_index_file(path, record["type"], mmap=True)
         else:
             self.index = fx.deserialize_index(self.layout.read_bytes(path))
-        fx.configure_search(self.index, record["type"], record.get("params") or {})
-        self.face_ids = np.asarray(pq.read_table(self.store._path(record["ids"]),
-                                                 filesystem=self.layout.fs)
-                                   .column("face_id").to_pylist(), dtype=object)
+        if record["type"] == "hnsw":
+            import faiss
+
+            faiss.downcast_index(self.index).hnsw.efSearch = SEARCH_EF
+        # row -> face id; rows of enrolled gallery photos (keys g<id>) are not collection faces
+        self.keys = np.asarray(pq.read_table(self.store._path(record["ids"]),
+                                             filesystem=self.layout.fs)
+                               .column("key").to_pylist(), dtype=object)
         self.index_type = record["type"]
 
     def search(self, embeddings: np.ndarray, top_k: int = 10, threshold: float | None = None,
@@ -242,7 +248,7 @@ class FaceSearcher:
         if not 0.0 <= threshold <= 4.0:
             raise ConfigError(f"threshold must be a squared L2 distance in [0, 4], got {threshold}")
         queries = fx.as_unit_rows(embeddings)
-        n = len(self.face_ids)
+        n = len(self.keys)
         if len(queries) == 0 or n == 0:
             return [[] for _ in range(len(queries))]
         k = int(min(n, max(4 * top_k, 16)))
@@ -257,7 +263,9 @@ class FaceSearcher:
             for j, d in zip(ids[row], distances[row]):
                 if j < 0 or d > threshold:
                     continue
-                fid = str(self.face_ids[j])
+                fid = str(self.keys[j])
+                if fid.startswith("g"):
+                    continue
                 pos = int(np.searchsorted(keys, fid))
                 if pos >= len(keys) or keys[pos] != fid:
                     continue

@@ -931,7 +931,8 @@ class PeopleStore:
                 return  # cannot tell what is referenced: delete nothing
             referenced.update(rec.get("tables", {}).values())
             if rec.get("search_index"):
-                referenced.add(rec["search_index"]["file"])
+                referenced.update(v for k, v in rec["search_index"].items()
+                                  if k in ("file", "ids") and v)
         for number, path in records:
             if number <= current - KEEP_VERSIONS:
                 self.fs.delete_file(path)
