@@ -178,6 +178,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_option(p)
     p.set_defaults(handler=cmd_undo)
 
+    for action in sub.choices.values():  # no model: no TensorFlow start-up
+        action.set_defaults(needs_tensorflow=False)
+
     p = subparsers.add_parser("search-face",
                               help="the collection's photos that contain the face in IMG")
     p.add_argument("image", type=Path, metavar="IMG", help="a photo of the face to look for")
