@@ -339,9 +339,6 @@ def _who(match) -> str:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from .people_clusters import cluster_index
 
-    print(f"{PROG}: note: `index cluster` is deprecated: `people update` gives faces to people "
-          f"that keep their names and decisions (`people update --metrics`, `people show "
-          f"PERSON --sheet PNG`)", file=sys.stderr)
     summary = cluster_index(
         args.index_dir, max_distance=args.max_distance, min_faces=args.min_faces,
         algorithm=args.algorithm, neighbors=args.neighbors, recluster=args.recluster,
@@ -352,4 +349,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.text())
+    print(f"{PROG}: note: `index cluster` is deprecated: `people update` gives faces to people "
+          f"that keep their names and decisions (`people update --metrics`, `people show "
+          f"PERSON --sheet PNG`)", file=sys.stderr)
     return 0

@@ -206,17 +206,20 @@ def identify_faces(pipeline, gallery: Gallery, images: Sequence[np.ndarray], top
         matches = gallery.search(np.stack([f.embedding for f in faces]), top_k)
     else:
         matches = []
-    min_quality = float(getattr(gallery, "min_quality", 0.0))
+    # the people have a quality floor; a plain gallery has none (and no quality is computed)
+    min_quality = getattr(gallery, "min_quality", None)
     out: list[list[IdentifiedFace]] = []
     position = 0
     for image, image_faces in zip(images, per_image):
-        quality = face_quality_of(pipeline, image, image_faces)
+        quality = (face_quality_of(pipeline, image, image_faces) if min_quality is not None
+                   else [None] * len(image_faces))
         row = []
         for face, q in zip(image_faces, quality):
             m = matches[position]
             position += 1
-            decision, reason, person = decide_face(m, threshold, float(q), min_quality)
+            q = None if q is None else float(q)
+            decision, reason, person = decide_face(m, threshold, q, min_quality or 0.0)
             row.append(IdentifiedFace(face.index, face.box, face.landmarks, face.score,
-                                      decision, m, threshold, person, float(q), reason))
+                                      decision, m, threshold, person, q, reason))
         out.append(row)
     return out
