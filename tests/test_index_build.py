@@ -294,6 +294,16 @@ def test_check_reachable_fails_fast():
         check_reachable("nonsense")
 
 
+def test_address_comes_from_the_option_then_ray_address(monkeypatch):
+    from facenet_platform.ray_connection import resolve_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert resolve_address(None) == "10.0.0.1:6379"
+    assert resolve_address("auto") == "auto"
+
+
 def test_cli_usage_and_missing_source(tmp_path, capsys):
     from facenet_platform.cli import main
 

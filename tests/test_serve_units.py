@@ -25,6 +25,37 @@ from facenet_platform.serve.config import (
 
 from conftest import REPO_ROOT
 
+# -- exception -> HTTP status ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    ("BodyTooLarge", 413, "body_too_large"),
+    ("ImageTooLargeError", 413, "image_too_large"),  # before its base ImageError
+    ("BadUpload", 400, "bad_upload"),
+    ("ImageError", 400, "bad_image"),
+    ("NoFaceFoundError", 422, "no_face"),
+    ("UnknownIdentityError", 404, "unknown_identity"),  # before its base GalleryError
+    ("GalleryError", 503, "gallery_unavailable"),
+    ("ConfigError", 400, "bad_request"),
+])
+def test_one_error_table_for_ingress_and_deployments(exc, status, code):
+    from facenet_platform.core import errors
+    from facenet_platform.index import gallery
+    from facenet_platform.serve.http_errors import Failure, failure_for, http_status
+
+    cls = next(getattr(m, exc) for m in (errors, gallery, uploads) if hasattr(m, exc))
+    assert http_status(cls("why")) == (status, code)
+    assert failure_for(cls("why")) == Failure(status, code, str(cls("why")))
+
+
+def test_unknown_errors_are_internal():
+    from facenet_platform.serve.http_errors import failure_for, http_status
+
+    assert http_status(RuntimeError("boom")) is None
+    with pytest.raises(TypeError):
+        failure_for(RuntimeError("boom"))
+
+
 # -- uploads -------------------------------------------------------------------------------------
 
 

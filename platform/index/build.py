@@ -67,12 +67,13 @@ from facenet_platform.ray_errors import job_error_text
 from .build_options import BuildOptions
 from .build_plan import ResourcePlan, plan_resources
 from .build_summary import BuildSummary
-from .collection import (FACES, FAILURES, FILES, SCHEMA_VERSION, STATUS_FAILED, STATUS_REMOVED,
-                         CollectionStore, latest_per_path, live_content, new_run_id)
+from .collection import (FACES, FAILURES, FILES, SCHEMA_VERSION, CollectionStore,
+                         latest_per_path, live_content, new_run_id)
 from .committer import Committer, FileState
 from .faults import parse_faults
 from .layout import IndexLayout, read_manifest, update_manifest
 from .sources import SourceFile, is_uri, list_sources
+from .status import STAGE_READ, STATUS_FAILED, STATUS_REMOVED
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
             else:
                 continue  # skipped by the stat cache
             if error:
-                if (f.path, "read", error) in logged_read_failures:
+                if (f.path, STAGE_READ, error) in logged_read_failures:
                     committer.counts["failed_read"] += 1
                 else:
                     committer.add_read_failure(f.path, error)

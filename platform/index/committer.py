@@ -23,10 +23,11 @@ from facenet_platform.core.facetable import faces_table
 
 from .build_options import BuildOptions
 from .collection import (FACES, FACES_EXTRA_FIELDS, FAILURES, FAILURES_SCHEMA, FILES,
-                         FILES_SCHEMA, SCHEMA_VERSION, STATUS_FAILED, STATUS_INDEXED,
-                         STATUS_NO_FACE, STATUS_REMOVED, CollectionStore)
+                         FILES_SCHEMA, SCHEMA_VERSION, CollectionStore)
 from .faults import exit_if_due
 from .sources import SourceFile
+from .status import (ROW_FAILED, ROW_NO_FACE, STAGE_READ, STATUS_FAILED, STATUS_INDEXED,
+                     STATUS_NO_FACE, STATUS_REMOVED)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Committer:
     def add_read_failure(self, path: str, reason: str) -> None:
         """``path`` could not be read (no content hash)."""
         self.counts["failed_read"] += 1
-        self.failures.append(self._failure_row(path, None, "read", reason))
+        self.failures.append(self._failure_row(path, None, STAGE_READ, reason))
 
     def _file_row(self, path, content_hash, size, mtime_ns, state: FileState) -> dict:
         return {"path": path, "content_hash": content_hash, "size": int(size),
@@ -162,8 +163,8 @@ class Committer:
             self.files.append(self._file_row(path, content_hash, size, mtime, prior))
             return
         statuses = set(status[rows].tolist())
-        if "failed" in statuses:
-            k = next(int(i) for i in rows if status[i] == "failed")
+        if ROW_FAILED in statuses:
+            k = next(int(i) for i in rows if status[i] == ROW_FAILED)
             stage, reason = str(batch["stage"][k]), str(batch["reason"][k])
             self.partial.pop(content_hash, None)
             self.counts[f"failed_{stage}"] += 1
@@ -171,7 +172,7 @@ class Committer:
             state = FileState(STATUS_FAILED, 0, width or None, height or None)
             self._finish(content_hash, path, size, mtime, state)
             return
-        if "no_face" in statuses:
+        if ROW_NO_FACE in statuses:
             self.counts["no_face"] += 1
             self._finish(content_hash, path, size, mtime,
                          FileState(STATUS_NO_FACE, 0, width, height))

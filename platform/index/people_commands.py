@@ -178,9 +178,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_option(p)
     p.set_defaults(handler=cmd_undo)
 
-    for action in sub.choices.values():  # no model: no TensorFlow start-up
-        action.set_defaults(needs_tensorflow=False)
-
     p = subparsers.add_parser("search-face",
                               help="the collection's photos that contain the face in IMG")
     p.add_argument("image", type=Path, metavar="IMG", help="a photo of the face to look for")
@@ -192,10 +189,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all-faces", action="store_true",
                    help="search every face of IMG (default: its central face)")
     _json_option(p)
-    from facenet_platform.core.commands import _add_pipeline_options
+    from facenet_platform.core.commands import add_pipeline_options
 
-    _add_pipeline_options(p)
-    p.set_defaults(handler=cmd_search_face)
+    add_pipeline_options(p)
+    p.set_defaults(handler=cmd_search_face, needs_model=True)
 
 
 # ------------------------------------------------------------------------------- handlers
