@@ -56,6 +56,7 @@ from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
 from facenet_platform.core.facetable import face_schema
 
 from .layout import IndexLayout
+from .status import STATUS_FAILED, STATUS_INDEXED, STATUS_NO_FACE, STATUS_REMOVED
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +90,7 @@ FILES = "files"
 FAILURES = "failures"
 TABLES = (FACES, FILES, FAILURES)
 
-#: ``files.status``: the file had at least one face (its faces are in ``faces``).
-STATUS_INDEXED = "indexed"
-#: ``files.status``: the file decoded but no face was found.
-STATUS_NO_FACE = "no_face"
-#: ``files.status``: the file failed at decode, detect or embed (reason in ``failures``).
-STATUS_FAILED = "failed"
-#: ``files.status``: the path is gone (deleted since it was indexed); its content's faces are
-#: no longer shown unless another live path has the same content.
-STATUS_REMOVED = "removed"
+# ``files.status`` values (STATUS_*) come from :mod:`.status`, the build's one vocabulary.
 
 _TS = pa.timestamp("ms", tz="UTC")
 

@@ -27,7 +27,7 @@ PROG = "facenet-platform"
 def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._SubParsersAction) -> None:
     """Add ``enroll``, ``add-identity``, ``remove-identity``, ``cluster`` to the ``index`` group
     and ``identify`` to the top level."""
-    from . import cluster as cl
+    from . import people_clusters as cl
     from .faiss_index import DEFAULT_AUTO_THRESHOLD, INDEX_TYPES
 
     index_types = ["auto", *INDEX_TYPES]
@@ -43,7 +43,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
                         f"(default {DEFAULT_AUTO_THRESHOLD})")
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_enroll)
+    p.set_defaults(handler=cmd_enroll, needs_model=True)
 
     p = index_sub.add_parser("add-identity", help="enroll photos of one person")
     p.add_argument("name", help="the person's name")
@@ -51,7 +51,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     _index_option(p)
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_add_identity)
+    p.set_defaults(handler=cmd_add_identity, needs_model=True)
 
     p = index_sub.add_parser("remove-identity", help="remove a person from the gallery")
     p.add_argument("name", help="the person's name")
@@ -89,7 +89,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_identify)
+    p.set_defaults(handler=cmd_identify, needs_model=True)
 
 
 def _index_option(p: argparse.ArgumentParser) -> None:
@@ -98,9 +98,9 @@ def _index_option(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
-    from facenet_platform.core.commands import _add_pipeline_options
+    from facenet_platform.core.commands import add_pipeline_options
 
-    _add_pipeline_options(p)
+    add_pipeline_options(p)
 
 
 def build_pipeline(args: argparse.Namespace):
@@ -330,7 +330,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import cluster_index
+    from .people_clusters import cluster_index
 
     summary = cluster_index(
         args.index_dir, max_distance=args.max_distance, min_faces=args.min_faces,

@@ -18,8 +18,8 @@ Row columns after :class:`DetectAlign` (one row per face, or one row per file wi
 path          str: file path or URI
 content_hash  str: sha256 hex of the bytes ("" when they could not be read)
 size          int64: bytes as listed; mtime_ns int64: as listed
-status        "face" | "no_face" | "failed"
-stage         "" or the failing stage: read | decode | detect | embed
+status        "ok" | "face" | "no_face" | "failed" (:mod:`.status` ROW_*)
+stage         "" or the failing stage: read | decode | detect | embed (:data:`.status.STAGES`)
 reason        "" or why it failed (one line)
 width height  int32: image size in px after EXIF rotation (0 when unknown)
 n_faces       int32: faces of the file (the rows sharing its content_hash)
@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from typing import Any
 
 import numpy as np
+
+from .faults import StageFaults
+from .status import (ROW_FACE, ROW_FAILED, ROW_NO_FACE, ROW_OK, STAGE_DECODE, STAGE_DETECT,
+                     STAGE_EMBED, STAGE_READ)
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +125,20 @@ def read_decode(batch: dict[str, np.ndarray], max_pixels: int | None = None) -> 
 
     paths = _strings(batch["path"])
     n = len(paths)
-    hashes, status, stage, reason = [""] * n, ["ok"] * n, [""] * n, [""] * n
+    hashes, status, stage, reason = [""] * n, [ROW_OK] * n, [""] * n, [""] * n
     width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
     images: list[np.ndarray] = [_PLACEHOLDER] * n
     for i, path in enumerate(paths):
         try:
             data = read_bytes(path)
         except Exception as exc:  # noqa: BLE001
-            status[i], stage[i], reason[i] = "failed", "read", one_line_reason(exc, path)
+            status[i], stage[i], reason[i] = ROW_FAILED, STAGE_READ, one_line_reason(exc, path)
             continue
         hashes[i] = hashlib.sha256(data).hexdigest()
         try:
             image = decode_image(data, source=path, max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001
-            status[i], stage[i], reason[i] = "failed", "decode", one_line_reason(exc, path)
+            status[i], stage[i], reason[i] = ROW_FAILED, STAGE_DECODE, one_line_reason(exc, path)
             continue
         images[i] = image
         height[i], width[i] = image.shape[:2]
@@ -168,45 +171,6 @@ def sharpness(crops: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Faults:
-    """Test-only fault injection (see ``build.FAULTS_ENV``)."""
-
-    def __init__(self, faults: dict[str, str] | None):
-        self.faults = dict(faults or {})
-        self.calls = 0
-
-    def fail_path(self, key: str, path: str) -> None:
-        needle = self.faults.get(key)
-        if needle and needle in path:
-            raise RuntimeError(f"injected {key} fault")
-
-    def maybe_delay(self, key: str) -> None:
-        """Sleep the given seconds per batch (keeps a build busy long enough to disturb it)."""
-        seconds = self.faults.get(key)
-        if seconds:
-            import time
-
-            time.sleep(float(seconds))
-
-    def maybe_kill(self, key: str) -> None:
-        """Kill this worker process once (a marker file makes the restarted worker carry on)."""
-        self.calls += 1
-        spec = self.faults.get(key)
-        if not spec:
-            return
-        marker_dir, _, nth = spec.partition(":")
-        if self.calls < int(nth or 1):
-            return
-        marker = os.path.join(marker_dir, f"{key}.done")
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        logger.warning("injected fault %s: killing worker pid %d", key, os.getpid())
-        os._exit(1)
-
-
 class DetectAlign:
     """MTCNN detection + alignment of every face, as a Ray Data actor.
 
@@ -229,7 +193,7 @@ class DetectAlign:
         self.detector = FaceDetector(min_face_size=min_face_size, num_threads=num_threads)
         self.aligner = FaceAligner(image_size=image_size, margin=margin, method=alignment)
         self.size = int(image_size)
-        self._faults = _Faults(faults)
+        self._faults = StageFaults(faults)
 
     def _detect_all(self, images: list[np.ndarray], paths: list[str]) -> list[Any]:
         """Detections per image; an image on which detection raises gives the exception."""
@@ -253,7 +217,7 @@ class DetectAlign:
         paths = _strings(batch["path"])
         status = _strings(batch["status"])
         stage, reason = _strings(batch["stage"]), _strings(batch["reason"])
-        ok = [i for i in range(n) if status[i] == "ok"]
+        ok = [i for i in range(n) if status[i] == ROW_OK]
         images = [np.asarray(batch["image"][i]) for i in ok]
         results: dict[int, Any] = dict(zip(ok, self._detect_all(images, [paths[i] for i in ok])))
 
@@ -269,26 +233,26 @@ class DetectAlign:
             scores.append(0.0), crops.append(empty_crop[None]), sharp.append(0.0)
 
         for i in range(n):
-            if status[i] != "ok":
-                file_row(i, "failed", stage[i], reason[i])
+            if status[i] != ROW_OK:
+                file_row(i, ROW_FAILED, stage[i], reason[i])
                 continue
             dets = results[i]
             if isinstance(dets, Exception):
-                file_row(i, "failed", "detect", one_line_reason(dets, paths[i]))
+                file_row(i, ROW_FAILED, STAGE_DETECT, one_line_reason(dets, paths[i]))
                 continue
             if len(dets) == 0:
-                file_row(i, "no_face", "", "")
+                file_row(i, ROW_NO_FACE, "", "")
                 continue
             try:
                 face_crops = self.aligner(np.asarray(batch["image"][i]), dets)
                 face_sharp = sharpness(face_crops)
             except Exception as exc:  # noqa: BLE001
-                file_row(i, "failed", "detect", "alignment: " + one_line_reason(exc, paths[i]))
+                file_row(i, ROW_FAILED, STAGE_DETECT, "alignment: " + one_line_reason(exc, paths[i]))
                 continue
             k = len(dets)
             for j in range(k):
                 rows.append((i, j))
-                out_status.append("face"), out_stage.append(""), out_reason.append("")
+                out_status.append(ROW_FACE), out_stage.append(""), out_reason.append("")
                 n_faces.append(k)
             boxes.extend(dets.boxes.astype(np.float32))
             landmarks.extend(dets.landmarks.reshape(k, 10).astype(np.float32))
@@ -353,7 +317,7 @@ class Embed:
         self.embedder = FaceEmbedder(model, batch_size=batch_size, **kwargs)
         self.model_id = self.embedder.model_id
         self.dim = self.embedder.embedding_size
-        self._faults = _Faults(faults)
+        self._faults = StageFaults(faults)
 
     def _embed(self, crops: np.ndarray, paths: list[str]) -> np.ndarray:
         for path in paths:
@@ -367,7 +331,7 @@ class Embed:
         paths = _strings(batch["path"])
         hashes = _strings(batch["content_hash"])
         n = len(status)
-        face_rows = np.array([i for i in range(n) if status[i] == "face"], np.int64)
+        face_rows = np.array([i for i in range(n) if status[i] == ROW_FACE], np.int64)
         embeddings = np.zeros((n, self.dim), np.float32)
         failed: dict[str, str] = {}  # content hash -> reason
         if len(face_rows):
@@ -390,7 +354,7 @@ class Embed:
             # One "failed" row per failed file instead of its face rows.
             keep, seen = [], set()
             for i in range(n):
-                if status[i] == "face" and hashes[i] in failed:
+                if status[i] == ROW_FACE and hashes[i] in failed:
                     if hashes[i] in seen:
                         continue
                     seen.add(hashes[i])
@@ -399,8 +363,8 @@ class Embed:
             out = {k: v[keep_idx] for k, v in out.items()}
             st, sg, rs = list(out["status"]), list(out["stage"]), list(out["reason"])
             for j, i in enumerate(keep):
-                if status[i] == "face" and hashes[i] in failed:
-                    st[j], sg[j], rs[j] = "failed", "embed", failed[hashes[i]]
+                if status[i] == ROW_FACE and hashes[i] in failed:
+                    st[j], sg[j], rs[j] = ROW_FAILED, STAGE_EMBED, failed[hashes[i]]
                     out["n_faces"][j] = 0
                     out["face_index"][j] = -1
                     out["embedding"][j] = 0.0

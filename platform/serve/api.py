@@ -40,19 +40,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facenet_platform.core.errors import (
-    ConfigError,
-    ImageError,
-    ImageTooLargeError,
-    NoFaceFoundError,
-)
+from facenet_platform.core.errors import NoFaceFoundError
 from facenet_platform.index.gallery import GalleryError
 
 from .config import API_KEY_ENV, INGRESS, AppArgs
-from .deployments import Detected, Failure, WriteResult
+from .deployments import Detected, WriteResult
+from .http_errors import Failure, http_status
 from .uploads import (
     BadUpload,
-    BodyTooLarge,
     all_uploads,
     named_uploads,
     read_body,
@@ -268,27 +263,18 @@ class FaceAPI:
         except ApiError as exc:
             status = exc.status
             raise
-        except (BodyTooLarge, ImageTooLargeError) as exc:
-            status = 413
-            code = "body_too_large" if isinstance(exc, BodyTooLarge) else "image_too_large"
-            raise ApiError(413, code, str(exc)) from None
-        except (BadUpload, ImageError) as exc:
-            status = 400
-            raise ApiError(400, "bad_image" if isinstance(exc, ImageError) else "bad_upload",
-                           str(exc)) from None
-        except NoFaceFoundError as exc:
-            status = 422
-            raise ApiError(422, "no_face", str(exc)) from None
-        except ConfigError as exc:
-            status = 400
-            raise ApiError(400, "bad_request", str(exc)) from None
-        except GalleryError as exc:
-            status = 503
-            logger.warning("%s: gallery error: %s", endpoint, exc)
-            raise ApiError(503, "gallery_unavailable", str(exc).splitlines()[0]) from None
-        except Exception:
-            logger.exception("%s failed", endpoint)
-            raise ApiError(500, "internal_error", "internal error (see the service logs)") from None
+        except Exception as exc:
+            mapped = http_status(exc)
+            if mapped is None:
+                logger.exception("%s failed", endpoint)
+                raise ApiError(500, "internal_error",
+                               "internal error (see the service logs)") from None
+            status, code = mapped
+            message = str(exc)
+            if isinstance(exc, GalleryError):
+                logger.warning("%s: gallery error: %s", endpoint, exc)
+                message = message.splitlines()[0]
+            raise ApiError(status, code, message) from None
         finally:
             self.stats.record(endpoint, status, time.perf_counter() - t0)
 

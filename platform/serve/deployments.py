@@ -30,20 +30,12 @@ from typing import Any, Sequence
 import numpy as np
 from ray import serve
 
-from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeError
+from facenet_platform.core.errors import ConfigError, ImageError
 
 from .config import DETECTOR, EMBEDDER, SEARCHER, WRITER
+from .http_errors import Failure, failure_for
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An expected failure: the HTTP status and code the ingress answers with, and why."""
-
-    status: int
-    code: str
-    message: str
 
 
 @dataclass
@@ -97,10 +89,8 @@ class Detector:
 
         try:
             return decode_image(data, source=source, max_pixels=max_pixels)
-        except ImageTooLargeError as exc:
-            return Failure(413, "image_too_large", str(exc))
         except ImageError as exc:
-            return Failure(400, "bad_image", str(exc))
+            return failure_for(exc)
 
     def _result(self, image: np.ndarray, dets, indices: np.ndarray, n_detected: int) -> Detected:
         chosen = dets.take(indices)
@@ -404,17 +394,17 @@ class GalleryWriterImpl:
                 return result
             except UnknownIdentityError as exc:
                 self._gallery = None
-                return Failure(404, "unknown_identity", str(exc))
+                return failure_for(exc)
             except ConfigError as exc:
                 self._gallery = None
-                return Failure(400, "bad_request", str(exc))
+                return failure_for(exc)
             except GalleryError as exc:
                 # Most likely another writer saved in between: start again from disk.
                 self._gallery = None
                 self.failures += 1
                 logger.warning("gallery change failed (attempt %d): %s", attempt + 1, exc)
                 if attempt == 2:
-                    return Failure(503, "gallery_unavailable", str(exc))
+                    return failure_for(exc)
             except BaseException:
                 self._gallery = None
                 self.failures += 1

@@ -361,9 +361,9 @@ def export_tflite(model, out_file: str | os.PathLike, *, int8: bool = False,
 
 
 def _image_files(folder: Path) -> list[str]:
-    from .data import IMAGE_SUFFIXES
+    from facenet_platform.core.images import is_image_path
 
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(p) for p in Path(folder).rglob("*") if is_image_path(p))
 
 
 def sample_faces(cfg, images: Path | None, n: int, input_size: int) -> tuple[np.ndarray, np.ndarray]:
