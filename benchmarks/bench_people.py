@@ -6,7 +6,7 @@ Sub-commands (each prints Markdown tables for benchmarks/RESULTS.md):
   (labels only score). Parameters are chosen on the View 1 *DevTrain* people (``--grid``) and
   reported on the *DevTest* people (no person in common) and on all of LFW, for the faces of
   people with >= 2 images and for all faces. Baseline in the same run: ``index cluster``'s
-  default (Chinese whispers at 0.7, ``index/cluster.py``).
+  default (Chinese whispers at 0.7, ``index/people_clusters.py``).
 * ``identify``: open-set identification with person templates (nearest single photo vs mean vs
   centroids, quality floor on/off): share of known probes named correctly when the threshold
   names 1% / 5% of strangers (people not in the gallery), on DevTrain (choice) and DevTest.
@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE))
 from lfw_cache import DEFAULT_CACHE, lfw_embeddings, select_people  # noqa: E402
 
 from facenet_platform.core.lfw import default_lfw_dir, image_root, read_people  # noqa: E402
-from facenet_platform.index import cluster as cl  # noqa: E402
+from facenet_platform.index import people_clusters as cl  # noqa: E402
 from facenet_platform.index import people_engine as pe  # noqa: E402
 
 

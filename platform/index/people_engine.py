@@ -37,7 +37,7 @@ import numpy as np
 
 from facenet_platform.core.errors import ConfigError
 
-from . import cluster as cl
+from . import people_clusters as cl
 from . import faiss_index as fx
 from . import people_knn as pk
 
