@@ -424,10 +424,11 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
     _, lab = np.unique(lab, return_inverse=True)
     lab = lab.reshape(-1)
     k = graph.neighbors.shape[1]
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    cols = graph.neighbors.reshape(-1)
-    keep = (cols >= 0) & (graph.distances.reshape(-1) <= candidates)
-    ei, ej = rows[keep], cols[keep]
+    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    dst = graph.neighbors.reshape(-1)
+    keep = (dst >= 0) & (graph.distances.reshape(-1) <= candidates)
+    ei, ej = src[keep], dst[keep]
+    del src, dst, keep
     group_of_link = None
     for _ in range(max_rounds):
         g = int(lab.max(initial=-1)) + 1
