@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,9 +51,8 @@ __all__ = ["UpdateSummary", "merge_people", "move_faces", "name_person", "option
 
 #: ``move --to new``: the faces start a new person.
 NEW_PERSON = "new"
-#: Option names of PeopleOptions a run records in the people's settings.
-_OPTION_FIELDS = ("min_quality", "assign_distance", "cluster_distance", "min_faces", "neighbors",
-                  "template", "max_centroids", "approximate", "approximate_above", "seed")
+#: Option names of PeopleOptions a run records in the people's settings (all of them).
+_OPTION_FIELDS = tuple(f.name for f in fields(PeopleOptions))
 
 
 def _now() -> str:
@@ -190,7 +189,7 @@ def name_person(index_dir, person: str, name: str) -> Event | None:
         other = tx.state.by_name(name)
         if other is not None and other.id != target.id:
             raise PeopleError(
-                f"{other.label} is already called {other.name!r}; if they are the same person "
+                f"{other.id} is already called {other.name!r}; if they are the same person "
                 f"as {target.id}, merge them: `facenet-platform people merge {other.id} "
                 f"{target.id} --index {store.layout.root}`")
         if target.name == name:
@@ -331,9 +330,9 @@ def reject_faces(index_dir, faces: Sequence[str]) -> Event:
         pinned[rows] = False
         state.faces = state.faces.with_people(person, pinned)
         state.rejections |= set(zip(ids, owners.tolist()))
+        labels = [state.people[p].label for p in sorted(set(owners.tolist()))]
         _finish(tx, set(owners.tolist()), faces_changed=True)
-        tx.summary = (f"rejected {len(ids)} face(s) from "
-                      f"{', '.join(sorted(set(owners.tolist())))}")
+        tx.summary = f"rejected {len(ids)} face(s) from {', '.join(labels)}"
     return tx.event
 
 
