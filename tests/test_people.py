@@ -222,6 +222,19 @@ def test_decisions_history_and_undo(world):
         pp.undo(index, 4)
 
 
+def test_a_retried_request_is_applied_once(world):
+    w, index = world
+    who = people_by_identity(w, index)
+    store = PeopleStore(index)
+    first = pp.move_faces(index, w.faces_of("carol")[:1], "new", request_id="req-7")
+    again = pp.move_faces(index, w.faces_of("carol")[:1], "new", request_id="req-7")
+    assert again.id == first.id and store.version() == first.id
+    assert first.args["request_id"] == "req-7"
+    assert pp.undo(index, request_id="req-8").undoes == first.id
+    assert pp.undo(index, request_id="req-8").undoes == first.id and store.version() == 3
+    assert pp.name_person(index, who["bob"], "Bob", request_id="req-9").id == 4
+
+
 def test_undo_refuses_when_later_events_changed_the_same_faces(world):
     w, index = world
     who = people_by_identity(w, index)

@@ -6,7 +6,8 @@ copy of the current version, brings the derived data up to date (face and photo 
 the matching templates of the people whose faces changed) and writes the new version with its
 event. The CLI (``people ...``) and the Serve writer call these same functions.
 
-Decisions (what a person says):
+Decisions (what a person says; each takes an optional ``request_id`` so that a retried request
+is applied once, see :meth:`PeopleStore.transaction`):
 
 * :func:`name_person` -- a name another person has is refused (merge them instead);
 * :func:`merge_people` -- the first person absorbs the others (faces, rejections, gallery links);
@@ -174,7 +175,8 @@ def _face_ids(faces: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def name_person(index_dir, person: str, name: str) -> Event | None:
+def name_person(index_dir, person: str, name: str, *, request_id: str | None = None
+                ) -> Event | None:
     """Give ``person`` (id or current name) the name ``name``.
 
     Raises:
@@ -184,7 +186,10 @@ def name_person(index_dir, person: str, name: str) -> Event | None:
     """
     name = check_person_name(name)
     store = _store(index_dir)
-    with store.transaction("name", {"person": person, "name": name}) as tx:
+    with store.transaction("name", {"person": person, "name": name},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         target = tx.state.person(person)
         other = tx.state.by_name(name)
         if other is not None and other.id != target.id:
@@ -203,7 +208,7 @@ def name_person(index_dir, person: str, name: str) -> Event | None:
     return tx.event
 
 
-def merge_people(index_dir, people: Sequence[str]) -> Event:
+def merge_people(index_dir, people: Sequence[str], *, request_id: str | None = None) -> Event:
     """Merge ``people[1:]`` into ``people[0]`` (ids or names).
 
     The result keeps the first person's id, name and hidden flag (or, when the first has no
@@ -218,7 +223,10 @@ def merge_people(index_dir, people: Sequence[str]) -> Event:
     if len(people) < 2:
         raise PeopleError("merge needs at least two people: the one to keep, then the others")
     store = _store(index_dir)
-    with store.transaction("merge", {"people": list(people)}) as tx:
+    with store.transaction("merge", {"people": list(people)},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         chosen = [state.person(p) for p in people]
         ids = [p.id for p in chosen]
@@ -269,7 +277,8 @@ def merge_people(index_dir, people: Sequence[str]) -> Event:
     return tx.event
 
 
-def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
+def move_faces(index_dir, faces: Sequence[str], to: str, *, request_id: str | None = None
+               ) -> Event | None:
     """Put ``faces`` in person ``to`` (id or name, or ``"new"`` for a new person) and pin them
     there; a rejection of those faces for that person is lifted (the newer decision wins).
 
@@ -280,7 +289,10 @@ def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
     """
     ids = _face_ids(faces)
     store = _store(index_dir)
-    with store.transaction("move", {"faces": ids, "to": to}) as tx:
+    with store.transaction("move", {"faces": ids, "to": to},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         rows = state.faces.rows(ids)
         if to == NEW_PERSON:
@@ -307,7 +319,7 @@ def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
     return tx.event
 
 
-def reject_faces(index_dir, faces: Sequence[str]) -> Event:
+def reject_faces(index_dir, faces: Sequence[str], *, request_id: str | None = None) -> Event:
     """"Not this person": each face leaves its person and never goes back to it.
 
     Raises:
@@ -316,7 +328,10 @@ def reject_faces(index_dir, faces: Sequence[str]) -> Event:
     """
     ids = _face_ids(faces)
     store = _store(index_dir)
-    with store.transaction("reject", {"faces": ids}) as tx:
+    with store.transaction("reject", {"faces": ids},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         rows = state.faces.rows(ids)
         owners = state.faces.person[rows]
@@ -336,11 +351,15 @@ def reject_faces(index_dir, faces: Sequence[str]) -> Event:
     return tx.event
 
 
-def set_hidden(index_dir, person: str, hidden: bool) -> Event | None:
+def set_hidden(index_dir, person: str, hidden: bool, *, request_id: str | None = None
+               ) -> Event | None:
     """Hide (``hidden=True``) or show a person; None when it already was so."""
     store = _store(index_dir)
     kind = "hide" if hidden else "unhide"
-    with store.transaction(kind, {"person": person}) as tx:
+    with store.transaction(kind, {"person": person},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         target = tx.state.person(person)
         if target.hidden == hidden:
             tx.cancel()
@@ -352,7 +371,7 @@ def set_hidden(index_dir, person: str, hidden: bool) -> Event | None:
     return tx.event
 
 
-def undo(index_dir, event_id: int | None = None) -> Event:
+def undo(index_dir, event_id: int | None = None, *, request_id: str | None = None) -> Event:
     """Undo event ``event_id`` (default: the latest event not undone that is not an undo).
 
     Undoing an undo redoes its event. Raises :class:`UndoConflictError` when later events
@@ -362,7 +381,10 @@ def undo(index_dir, event_id: int | None = None) -> Event:
     store = _store(index_dir)
     if event_id is not None and (not isinstance(event_id, int) or event_id < 1):
         raise PeopleError(f"event ids are numbers from 1, got {event_id!r}")
-    with store.transaction("undo", {"event": event_id}) as tx:
+    with store.transaction("undo", {"event": event_id},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         if event_id is None:
             undone = store.undone()
             candidates = [e for e in store.history()
@@ -379,7 +401,7 @@ def undo(index_dir, event_id: int | None = None) -> Event:
         diff = store.event_diff(target.id)
         state, touched = undo_diff(tx.state, diff, target.id)
         tx.state = state
-        tx.args = {"event": target.id}
+        tx.args = {**tx.args, "event": target.id}
         tx.undoes = target.id
         faces_changed = bool(diff.num_rows) and "face" in set(diff.column("entity").to_pylist())
         rejections = "rejection" in set(diff.column("entity").to_pylist()) if diff.num_rows else False
