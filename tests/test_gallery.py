@@ -346,7 +346,7 @@ def test_enroll_skips_bad_and_faceless_files(cli, tmp_path, pipeline):
     gallery = Gallery.load(tmp_path / "idx")
     assert gallery.identities() == {"astronaut": 2}
     assert gallery.model_id == pipeline.embedder.model_id
-    assert gallery.pipeline["standardization"] == pipeline.embedder.standardization
+    assert gallery.spec == pipeline.spec and gallery.flip == "none"
     # enrolling again adds nothing (same photos)
     code, out, _ = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
     assert "enrolled 0 faces" in out and "2 photos already enrolled" in out
@@ -406,7 +406,7 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
 
 
 def test_identify_faces_library(tmp_path, pipeline, astronaut):
-    from facenet_platform.index.identify import describe_pipeline, identify_faces
+    from facenet_platform.index.identify import identify_faces
 
     emb, _ = pipeline.central_faces([astronaut])
     gallery = Gallery.create(tmp_path / "idx")
@@ -422,14 +422,23 @@ def test_identify_faces_library(tmp_path, pipeline, astronaut):
     with pytest.raises(GalleryError, match="another-model"):
         identify_faces(pipeline, other, [astronaut])
     # same model, other crop standardization: another embedding space
-    settings = {**describe_pipeline(pipeline), "standardization": "some-other"}
-    stale = Gallery.create(tmp_path / "stale", pipeline=settings)
+    stale = Gallery.create(tmp_path / "stale",
+                           spec=pipeline.spec.replace(standardization="prewhiten"))
     with pytest.raises(GalleryError, match="standardization"):
         identify_faces(pipeline, stale, [astronaut])
-    same = Gallery.create(tmp_path / "same", pipeline=describe_pipeline(pipeline))
+    # the same from a manifest written before the spec was recorded
+    legacy = Gallery.create(tmp_path / "legacy", legacy_pipeline={
+        "model_id": pipeline.embedder.model_id, "standardization": "prewhiten",
+        "alignment": "margin", "margin": 32.0, "image_size": 160, "flip": "none"})
+    with pytest.raises(GalleryError, match="standardization"):
+        identify_faces(pipeline, legacy, [astronaut])
+    other_crop = Gallery.create(tmp_path / "crop", spec=pipeline.spec.with_crop(margin=44))
+    with pytest.raises(GalleryError, match="margin"):
+        identify_faces(pipeline, other_crop, [astronaut])
+    same = Gallery.create(tmp_path / "same", spec=pipeline.spec, flip="none")
     same.add("astronaut", emb)
     same.save()
-    assert Gallery.load(tmp_path / "same").pipeline == describe_pipeline(pipeline)
+    assert Gallery.load(tmp_path / "same").spec == pipeline.spec
     assert identify_faces(pipeline, Gallery.load(tmp_path / "same"), [astronaut])[0][0].known
     assert isinstance(GalleryError("x"), FaceNetPlatformError)
 
@@ -470,7 +479,9 @@ class FakePipeline:
         from types import SimpleNamespace
 
         self.embedding = np.asarray(embedding, np.float32)
-        self.embedder = SimpleNamespace(model_id=PRETRAINED.model_id, embedding_size=D)
+        self.spec = PRETRAINED.replace(embedding_size=D)
+        self.embedder = SimpleNamespace(model_id=PRETRAINED.model_id, embedding_size=D,
+                                        flip="none", spec=self.spec)
         self.threshold = PRETRAINED.threshold
 
     @staticmethod

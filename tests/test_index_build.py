@@ -332,14 +332,17 @@ def test_stages_on_batches(photos, weights_cache):
     assert decoded["stage"][1] == "decode" and "truncated" in decoded["reason"][1]
     assert len(decoded["content_hash"][0]) == 64
 
-    detected = DetectAlign(num_threads=1)(decoded)
+    from facenet_platform.core.weights import PRETRAINED
+
+    spec = PRETRAINED.to_metadata()  # what the build hands every actor
+    detected = DetectAlign(spec=spec, num_threads=1)(decoded)
     status = list(detected["status"])
     assert status.count("failed") == 1 and status.count("no_face") == 1 and "face" in status
     faces = np.flatnonzero(detected["status"] == "face")
     assert detected["crop"].shape[1:] == (160, 160, 3)
     assert (detected["score"][faces] > 0.9).all() and (detected["sharpness"][faces] > 0).all()
 
-    embedded = Embed(batch_size=4, num_threads=1)(detected)
+    embedded = Embed(spec=spec, batch_size=4, num_threads=1)(detected)
     assert "crop" not in embedded and embedded["embedding"].shape == (len(status), 512)
     norms = np.linalg.norm(embedded["embedding"][faces], axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)

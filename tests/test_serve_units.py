@@ -242,9 +242,17 @@ def test_writer_serialises_concurrent_enrollments(tmp_path):
     assert result.version == 10 and result.identities == 10
     assert writer.remove_sync("nobody").status == 404
     assert writer.add_sync("unknown", unit_rows(1, 5), ["x"], ["hx"]).status == 400
-    mismatch = writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"],
-                               {"model_id": "other-model", "embedding_size": 512})
-    assert mismatch.status == 409
+    from facenet_platform.core.weights import PRETRAINED
+
+    other_model = PRETRAINED.replace(model_id="other-model").to_metadata()  # the served spec
+    mismatch = writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"], other_model)
+    assert mismatch.status == 409 and mismatch.code == "model_mismatch"
+    # a gallery without a recorded spec records the served one with its next change
+    assert writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"], PRETRAINED.to_metadata()).added
+    assert Gallery.load(tmp_path / "idx").spec == PRETRAINED
+    other_crop = PRETRAINED.with_crop(margin=44).to_metadata()  # same model, another crop
+    refused = writer.add_sync("q", unit_rows(1, 6), ["y"], ["hy"], other_crop)
+    assert refused.status == 409 and "margin" in refused.message
 
 
 def test_writer_crash_during_save_keeps_the_last_good_version(tmp_path, monkeypatch):

@@ -38,3 +38,8 @@ class DatasetError(FaceNetPlatformError, ValueError):
 
 class EvaluationInputError(FaceNetPlatformError, ValueError):
     """Distances, labels or folds given to the evaluation are unusable (shape, NaN, labels, folds)."""
+
+
+class ModelSpecError(ConfigError):
+    """A model's metadata (its :class:`~facenet_platform.core.model_spec.ModelSpec`) is missing,
+    unknown, garbled, or does not match the network it describes."""

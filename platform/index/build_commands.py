@@ -67,7 +67,8 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                    help="face crops per embedding batch (default 64 on CPU, 256 on GPU)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None,
-                   help="a saved .keras embedding model (default: pretrained 20180408-102900)")
+                   help="a trained model: checkpoint folder, .keras, SavedModel folder or .tflite "
+                        "(default: pretrained 20180408-102900)")
     g.add_argument("--backend", default=None,
                    help="embedding backend: keras-fp32 (default), keras-bf16, onnx-fp32, onnx-int8")
     g.add_argument("--min-face-size", type=_positive_int, default=20,

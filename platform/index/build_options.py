@@ -23,7 +23,8 @@ class BuildOptions:
         decode_cpus: logical CPUs per read+decode task.
         read_batch_size: files per read+decode batch; detect_batch_size: images per detection
             batch; embed_batch_size: face crops per embedding batch (64 on CPU, 256 on GPU).
-        model: a saved ``.keras`` embedding model (default: the pretrained 20180408-102900).
+        model: a trained model path (checkpoint folder, ``.keras``, SavedModel, ``.tflite``);
+            its spec sets the crop of every actor (default: the pretrained 20180408-102900).
         backend: embedding numerics (``facenet_platform.core.backends``: keras-fp32,
             keras-bf16, onnx-fp32, onnx-int8); recorded in the manifest.
         min_face_size: smallest face, pixels (MTCNN).

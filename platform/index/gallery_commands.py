@@ -154,15 +154,15 @@ def _embed_photos(pipeline, items, batch_size: int):
 
 def _open_gallery(args, pipeline, **settings):
     from .gallery import Gallery
-    from .identify import check_compatible, describe_pipeline
+    from .identify import check_compatible
 
-    gallery = Gallery.open(args.index_dir, model_id=pipeline.embedder.model_id,
+    gallery = Gallery.open(args.index_dir, spec=pipeline.spec, flip=pipeline.embedder.flip,
                            embedding_size=pipeline.embedder.embedding_size,
-                           threshold=pipeline.threshold, pipeline=describe_pipeline(pipeline),
+                           threshold=pipeline.threshold,
                            **{k: v for k, v in settings.items() if v is not None})
     check_compatible(pipeline, gallery)
-    if gallery.pipeline is None:  # a gallery from before the settings were recorded
-        gallery.pipeline = describe_pipeline(pipeline)
+    if gallery.spec is None:  # a gallery from before the model spec was recorded
+        gallery.spec, gallery.flip = pipeline.spec, pipeline.embedder.flip
     return gallery
 
 

@@ -212,15 +212,16 @@ class EnrolledFaces:
         return self.embeddings[self.names == name]
 
 
-def enrolled_faces(layout: IndexLayout) -> EnrolledFaces:
-    """Every enrolled face (empty when the index has no gallery)."""
-    section = read_manifest(layout).get("gallery")
-    if not section:
-        return EnrolledFaces(np.zeros(0, np.int64), np.zeros(0, object),
-                             np.zeros((0, 0), np.float32), None, 0)
-    from .gallery import Gallery
+def enrolled_faces(layout: IndexLayout, gallery=None) -> EnrolledFaces:
+    """Every enrolled face (empty when the index has no gallery); ``gallery``: the
+    :class:`~facenet_platform.index.gallery.Gallery` when the caller loaded it already."""
+    if gallery is None:
+        if not read_manifest(layout).get("gallery"):
+            return EnrolledFaces(np.zeros(0, np.int64), np.zeros(0, object),
+                                 np.zeros((0, 0), np.float32), None, 0)
+        from .gallery import Gallery
 
-    gallery = Gallery.load(layout, mmap=False)
+        gallery = Gallery.load(layout, mmap=False)
     ids, names, embeddings = gallery.enrolled_faces()
     return EnrolledFaces(ids, names.astype(object), fx.as_unit_rows(embeddings)
                          if len(embeddings) else embeddings, gallery.model_id, gallery.version)

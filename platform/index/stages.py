@@ -175,24 +175,23 @@ class DetectAlign:
     """MTCNN detection + alignment of every face, as a Ray Data actor.
 
     Args:
+        spec: the embedding model's ``ModelSpec.to_metadata()``: the crop it takes (input size,
+            margin, crop method) is the one cut here.
         min_face_size: smallest face in pixels (MTCNN).
         num_threads: onnxruntime threads per actor (match the actor's ``num_cpus``).
-        image_size, margin, alignment: the crop (the embedding model's: 160 px, 32 px, margin).
         faults: test-only fault injection.
     """
 
-    def __init__(self, *, min_face_size: int = 20, num_threads: int | None = 1,
-                 image_size: int = 160, margin: float = 32, alignment: str = "margin",
-                 faults: dict[str, str] | None = None):
-        from facenet_platform.core.alignment import FaceAligner
-        from facenet_platform.core.detection import FaceDetector
+    def __init__(self, *, spec: dict[str, Any], min_face_size: int = 20,
+                 num_threads: int | None = 1, faults: dict[str, str] | None = None):
         from facenet_platform.core.errors import WeightsError
+        from facenet_platform.core.factory import build_detect_align
 
         if (faults or {}).get("fail_detect_init"):
             raise WeightsError("injected fail_detect_init fault: cannot load the MTCNN nets")
-        self.detector = FaceDetector(min_face_size=min_face_size, num_threads=num_threads)
-        self.aligner = FaceAligner(image_size=image_size, margin=margin, method=alignment)
-        self.size = int(image_size)
+        self.detector, self.aligner = build_detect_align(spec, min_face_size=min_face_size,
+                                                         num_threads=num_threads)
+        self.size = self.aligner.image_size
         self._faults = StageFaults(faults)
 
     def _detect_all(self, images: list[np.ndarray], paths: list[str]) -> list[Any]:
@@ -299,22 +298,21 @@ class Embed:
     """FaceNet embeddings of the crops, as a Ray Data actor (GPU when the actor has one).
 
     Args:
-        model: a saved ``.keras`` model path, or None for the pretrained 20180408-102900.
+        spec: the model's ``ModelSpec.to_metadata()`` (its weights are loaded from its source).
         batch_size: crops per forward pass (the model's own batch; map_batches' batch_size
             should be a multiple).
-        backend: embedding backend (default: FaceEmbedder's, keras-fp32).
+        backend: embedding backend (default: FaceEmbedder's).
         num_threads: TensorFlow intra-op threads (match the actor's ``num_cpus``).
         faults: test-only fault injection.
     """
 
-    def __init__(self, *, model: str | None = None, batch_size: int = 32,
+    def __init__(self, *, spec: dict[str, Any], batch_size: int = 32,
                  backend: str | None = None, num_threads: int | None = 1,
                  faults: dict[str, str] | None = None):
         _configure_tensorflow(num_threads)
-        from facenet_platform.core.embedding import FaceEmbedder
+        from facenet_platform.core.factory import build_embedder
 
-        kwargs = {"backend": backend} if backend else {}
-        self.embedder = FaceEmbedder(model, batch_size=batch_size, **kwargs)
+        self.embedder = build_embedder(spec, batch_size=batch_size, backend=backend)
         self.model_id = self.embedder.model_id
         self.dim = self.embedder.embedding_size
         self._faults = StageFaults(faults)

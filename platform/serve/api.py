@@ -354,7 +354,7 @@ class FaceAPI:
         return await self._run("verify", self._verify(request, threshold))
 
     async def _verify(self, request, threshold):
-        from facenet_platform.core.pipeline import Verification, squared_distance
+        from facenet_platform.core.pipeline import Verification, face_json, squared_distance
 
         uploads = named_uploads(request.headers.get("content-type"), await self._body(request),
                                 ("file1", "file2"))
@@ -368,10 +368,7 @@ class FaceAPI:
         if threshold is None:
             threshold = (await self._model_info())["threshold"]
         result = Verification(squared_distance(embeddings[0], embeddings[1]), float(threshold))
-        faces = [{"box": [round(float(v), 1) for v in d.boxes[0]],
-                  "score": round(float(d.scores[0]), 5),
-                  "landmarks": [[round(float(x), 1), round(float(y), 1)]
-                                for x, y in d.landmarks[0]],
+        faces = [{**face_json(d.boxes[0], d.scores[0], d.landmarks[0]),
                   "faces_in_photo": d.n_detected} for d in found]
         return {**result.to_dict(), "faces": faces}
 
@@ -384,7 +381,7 @@ class FaceAPI:
         return await self._run("embed", self._embed_faces(request, max_faces))
 
     async def _embed_faces(self, request, max_faces):
-        from facenet_platform.core.pipeline import Face
+        from facenet_platform.core.pipeline import face_json
 
         source, data = single_upload(request.headers.get("content-type"),
                                      await self._body(request))
@@ -392,8 +389,8 @@ class FaceAPI:
         info = await self._model_info()
         embeddings = (await self._embed(det.crops) if len(det)
                       else np.zeros((0, info["embedding_size"]), np.float32))
-        faces = [Face(int(det.indices[i]), det.boxes[i], det.landmarks[i], float(det.scores[i]),
-                      embeddings[i]).to_dict(with_embedding=True) for i in range(len(det))]
+        faces = [face_json(det.boxes[i], det.scores[i], det.landmarks[i], index=int(det.indices[i]),
+                           embedding=embeddings[i]) for i in range(len(det))]
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
 
@@ -420,9 +417,7 @@ class FaceAPI:
         embeddings = await self._embed(np.concatenate([found[i].crops for i in keep]))
         hashes = [hashlib.sha256(uploads[i][1]).hexdigest() for i in keep]
         sources = [f"upload:{uploads[i][0]}:{hashes[j][:12]}" for j, i in enumerate(keep)]
-        info = await self._model_info()
-        model = {"model_id": info["model_id"], "embedding_size": info["embedding_size"],
-                 "threshold": info["threshold"]}
+        model = (await self._model_info())["spec"]  # a new gallery records the model's spec
         # Not retried on a dead writer: a write must not be applied twice (the content hashes
         # would make a second attempt a no-op anyway, but say so rather than guess).
         try:
