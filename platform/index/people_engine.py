@@ -73,10 +73,10 @@ class PeopleOptions:
         seed: random seed of the clustering.
     """
 
-    min_quality: float = 0.3
+    min_quality: float = 0.1
     assign_distance: float = 0.8
     cluster_distance: float = 0.7
-    merge_distance: float | None = 1.0
+    merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
     neighbors: int = 16
