@@ -73,10 +73,10 @@ class PeopleOptions:
         seed: random seed of the clustering.
     """
 
-    min_quality: float = 0.3
+    min_quality: float = 0.1
     assign_distance: float = 0.8
     cluster_distance: float = 0.7
-    merge_distance: float | None = 1.0
+    merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
     neighbors: int = 16
@@ -288,12 +288,8 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
     if m == 0 or len(templates) == 0:
         reason[low] = "low_quality"
         return TemplateMatches(person, distance, reason)
-    import faiss
-
     k = int(min(len(templates), max(1, candidates)))
-    index = faiss.IndexFlatIP(templates.shape[1])
-    index.add(np.ascontiguousarray(templates, np.float32))
-    scores, hits = index.search(q, k)
+    scores, hits = pk.exact_top_k(q, templates, k)
     d = fx.to_squared_l2(scores)
     d[hits < 0] = np.inf
     who = np.where(hits >= 0, owner[np.clip(hits, 0, None)], -1)
@@ -609,7 +605,7 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     nodes, graph = _pool_graph(x, rest, older, options, knn)
     labels = cluster_graph(graph, x, options, weights=q[nodes], rows=nodes)
     n_groups = int(labels.max(initial=-1)) + 1
-    joins = _join_people(x, q, p, nodes, labels, n_groups, options)
+    joins = _join_people(x, q, out, nodes, labels, n_groups, options)
     for c in range(n_groups):
         members = nodes[labels == c]
         if joins[c] is None:
@@ -638,11 +634,7 @@ def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.nda
     people = _group_means(x, code[good_rows], w[good_rows], len(ids), rows=good_rows)
     inside = labels >= 0
     groups = _group_means(x, labels[inside], w[nodes[inside]], n_groups, rows=nodes[inside])
-    import faiss
-
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(np.ascontiguousarray(people))
-    ip, hit = index.search(np.ascontiguousarray(groups), 1)
+    ip, hit = pk.exact_top_k(groups, people, 1)
     linkage = 2.0 - 2.0 * ip[:, 0]
     for c in np.flatnonzero((hit[:, 0] >= 0) & (linkage <= options.merge_distance)):
         joins[int(c)] = str(ids[hit[c, 0]])
