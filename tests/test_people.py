@@ -27,6 +27,7 @@ from facenet_platform.core.errors import ConfigError
 from facenet_platform.index import people as pp
 from facenet_platform.index.face_ids import FaceIdError, check_face_id, face_id, face_ids
 from facenet_platform.index.locking import IndexBusyError
+from facenet_platform.index.people_engine import PeopleOptions
 from facenet_platform.index.people_store import (
     FAULTS_ENV, PeopleBusyError, PeopleError, PeopleStore, UndoConflictError, UnknownFaceError,
     UnknownPersonError, check_person_name,
@@ -124,7 +125,7 @@ def test_update_groups_faces_and_keeps_low_quality_out(world):
             w.faces_of(identity))
     stranger = w.faces_of("stranger")[0]
     assert person_of(index, stranger) is None  # under the quality floor: nobody
-    assert state.faces.quality[state.faces.rows([stranger])[0]] < 0.3
+    assert state.faces.quality[state.faces.rows([stranger])[0]] < PeopleOptions().min_quality
     assert {p.n_faces for p in state.people.values()} == {6, 7, 3}
     assert all(p.cover and p.cover in state.faces.face_id for p in state.people.values())
     assert len(state.templates) == 3 and state.search_index["type"] == "flat"
@@ -373,7 +374,8 @@ def test_people_gallery_answers_named_visible_people(world):
     assert decisions[2][0] == "unknown"                              # hidden: never answered
     assert all(m.person != who["carol"] for row in results for m in row)
     assert decisions[3][:2] == ("unknown", "too_far")
-    assert decide_face(results[0], gallery.identify_threshold, 0.1, gallery.min_quality)[:2] \
+    assert decide_face(results[0], gallery.identify_threshold, gallery.min_quality / 2,
+                       gallery.min_quality)[:2] \
         == ("unknown", "low_quality")
     # a rename is answered by a gallery loaded after it
     pp.name_person(index, "Alice", "Alice Liddell")
