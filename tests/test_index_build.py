@@ -535,16 +535,19 @@ def test_search_against_the_gallery(built, ray_cluster, tmp_path):
     own = matches[matches["path"] == faces.column("path")[0].as_py()]
     assert own["distance"].min() < 1e-3 and own["is_match"].any()
     assert result.matched == int(matches["is_match"].sum()) >= 1
-    # is_match used the gallery's identification threshold, recorded in the file
-    from facenet_platform.core.weights import PRETRAINED
+    # is_match is identify's decision: the people's assign distance (recorded in the file), for
+    # faces at or above the quality floor
+    from facenet_platform.index.people_engine import PeopleOptions
 
-    assert result.threshold == PRETRAINED.identify_threshold
-    assert pq.read_schema(out).metadata[b"threshold"] == str(PRETRAINED.identify_threshold).encode()
-    assert (matches["is_match"] == (matches["distance"] <= PRETRAINED.identify_threshold)).all()
-    # an explicit threshold overrides it: 4 accepts every match
+    assign, floor = PeopleOptions().assign_distance, PeopleOptions().min_quality
+    assert result.threshold == assign
+    assert pq.read_schema(out).metadata[b"threshold"] == str(assign).encode()
+    good = ~(matches["quality"] < floor)
+    assert (matches["is_match"] == ((matches["distance"] <= assign) & good)).all()
+    # an explicit threshold overrides it: 4 accepts every good face
     lenient = search_index(index, output=tmp_path / "all.parquet",
                            options=SearchOptions(top_k=3, threshold=4.0, progress=False))
-    assert lenient.threshold == 4.0 and lenient.matched == lenient.faces
+    assert lenient.threshold == 4.0 and lenient.matched == int(good.sum())
 
 
 # --------------------------------------------------------------------------------------------

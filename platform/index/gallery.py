@@ -80,13 +80,17 @@ _WARNED_NO_IDENTIFY_THRESHOLD: set[str] = set()
 
 @dataclass(frozen=True)
 class Match:
-    """One identity returned by a gallery search: squared L2 distance of its nearest face."""
+    """One identity returned by a gallery search: squared L2 distance of its nearest face (or
+    template). ``person``: the person id when the identity is one of the people (an unnamed
+    person has ``name == ""``)."""
 
     name: str
     distance: float
+    person: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "distance": round(float(self.distance), 6)}
+        return {"name": self.name or None, "distance": round(float(self.distance), 6),
+                "person": self.person}
 
 
 def gallery_schema(embedding_size: int) -> pa.Schema:
@@ -452,6 +456,13 @@ class Gallery:
         keep = np.ones(len(self), bool) if name is None else self._meta["name"] == name
         return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self._meta.items()}
                 for i in np.flatnonzero(keep)]
+
+    def enrolled_faces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every enrolled face: ``ids (M,) int64`` (ascending), ``names (M,) object`` and
+        ``embeddings (M, D) float32``."""
+        meta = self._meta  # merges pending additions
+        self._ensure_embeddings()
+        return meta["id"].copy(), meta["name"].copy(), self._embeddings.copy()
 
     def search(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Match]]:
         """The ``top_k`` nearest identities of each query embedding.
