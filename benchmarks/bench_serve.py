@@ -45,6 +45,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 APP = "facenet-bench"
+#: Admin key of the benchmark's service (API keys are required; random per run).
+BENCH_KEY = __import__("secrets").token_urlsafe(24)
+AUTH_HEADERS = {"X-API-Key": BENCH_KEY}
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -161,7 +164,8 @@ async def load(url: str, probes: list[Probe], clients: int, duration: float, lab
     counter = iter(range(1 << 62))
     connector = aiohttp.TCPConnector(limit=clients + 4)
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers=AUTH_HEADERS) as session:
         t_start = time.perf_counter()
         deadline = t_start + duration
 
@@ -202,7 +206,8 @@ async def load(url: str, probes: list[Probe], clients: int, duration: float, lab
 def get_json(url: str) -> dict:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=60) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH_HEADERS),
+                                timeout=60) as response:
         return json.loads(response.read())
 
 
@@ -226,7 +231,8 @@ def deploy(index_dir: Path, max_batch_size: int, embedder_replicas: int = 1) -> 
 
     t0 = time.perf_counter()
     args = app_args(str(index_dir), max_batch_size=max_batch_size,
-                    embedder={"num_replicas": embedder_replicas})
+                    embedder={"num_replicas": embedder_replicas},
+                    ingress={"env": {"FACENET_ADMIN_KEY": BENCH_KEY}})
     serve.run(build_app(args), name=APP, route_prefix="/")
     return time.perf_counter() - t0
 

@@ -1,30 +1,39 @@
 """The HTTP ingress: a FastAPI app (``@serve.ingress``) that composes the model deployments.
 
-Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``)::
+Endpoints (JSON unless said; OpenAPI at ``/docs`` and ``/openapi.json``; role needed in
+brackets)::
 
-    POST   /v1/identify                 one photo -> every face, top-k identities, decision
-    POST   /v1/verify                   file1 + file2 -> distance, threshold, same person or not
-    POST   /v1/embed                    one photo -> every face with its embedding
-    POST   /v1/identities/{name}/faces  enroll one or more photos of a person
-    DELETE /v1/identities/{name}        forget a person (404 if unknown)
-    GET    /v1/identities               who is enrolled, faces each
-    GET    /v1/stats                    counters and latencies
-    GET    /healthz                     200 once models and gallery answer, else 503
-    GET    /                            the web page
+    POST   /v1/identify                   [read]  one photo -> every face, top-k identities
+    POST   /v1/verify                     [read]  file1 + file2 -> distance, same person or not
+    POST   /v1/embed                      [read]  one photo -> every face with its embedding
+    GET    /v1/identities                 [read]  who is enrolled, faces each
+    POST   /v1/identities/{name}/faces    [admin] enroll one or more photos of a person
+    DELETE /v1/identities/{name}          [admin] forget a person (404 if unknown)
+    GET    /v1/faces/{face_id}/thumbnail  [read]  JPEG crop of a collection face
+    GET    /v1/photos/{photo_id}          [read]  a collection photo's size and faces
+    GET    /v1/photos/{photo_id}/thumbnail [read] JPEG of a collection photo, downscaled
+    GET    /v1/stats                      [read]  counters and latencies
+    GET    /healthz                               200 once models and gallery answer, else 503
+    GET    /                                      the web page (its data comes from /v1)
 
 A photo comes as the multipart field ``file`` (``file1``/``file2`` for verify; any number of
 file fields to enroll) or as the raw request body. Errors are ``{"error": message, "code": code}``
-with 400 (not an image, corrupt, bad parameter), 401 (API key), 404, 413 (body or pixel limit),
-422 (verify/enroll photo without a face) or 503 (a backend is down); a photo without faces is a
-200 with an empty ``faces`` list. With ``FACENET_API_KEY`` set in the ingress' environment,
-everything under ``/v1`` needs it (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); the
-page, ``/docs`` and ``/healthz`` do not (they return no data).
+with 400 (not an image, corrupt, bad parameter or id), 401 (no or unknown API key), 403 (a read
+key on a change), 404, 410 (an indexed photo no longer readable), 413 (body or pixel limit), 422
+(verify/enroll photo without a face) or 503 (a backend is down); a photo without faces is a 200
+with an empty ``faces`` list.
+
+API keys (see :mod:`facenet_platform.serve.auth`): everything under ``/v1`` needs one, sent as
+``X-API-Key: KEY`` or ``Authorization: Bearer KEY``; a read key may identify and browse, an admin
+key may also change. The page, ``/docs``, ``/openapi.json`` and ``/healthz`` need none (they
+hold no personal data). Thumbnails come with an ``ETag`` and ``Cache-Control: private``; a
+request with a matching ``If-None-Match`` gets ``304``. No response ever holds a path of the
+server's disk: photos and faces are named by their ids.
 """
 
 import asyncio
 import collections
 import hashlib
-import hmac
 import logging
 import os
 import time
@@ -32,9 +41,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -46,10 +56,14 @@ from facenet_platform.core.errors import (
     ImageTooLargeError,
     NoFaceFoundError,
 )
+from facenet_platform.index.face_ids import FaceIdError, check_face_id
 from facenet_platform.index.gallery import GalleryError
 
-from .config import API_KEY_ENV, INGRESS, AppArgs
-from .deployments import Detected, Failure, WriteResult
+from .auth import ADMIN, READ, AuthDenied, KeyRing
+from .catalog import PhotoIdError, check_photo_id
+from .config import INGRESS, AppArgs
+from .deployments import Detected, Failure, Thumbnail, WriteResult
+from .thumbnails import FACE_SIZES, PHOTO_SIZES, snap_size
 from .uploads import (
     BadUpload,
     BodyTooLarge,
@@ -79,10 +93,13 @@ def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
                         headers=headers)
 
 
-app = FastAPI(
+# Swagger UI and ReDoc served from the fastapi-offline package (no CDN): /docs works offline.
+app = FastAPIOffline(
     title="facenet-platform",
     version="1",
     description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    # The validator badge would fetch from the internet; the spec is validated in the tests.
+    swagger_ui_parameters={"validatorUrl": None},
 )
 
 
@@ -99,7 +116,8 @@ async def _validation_error(_, exc: RequestValidationError):
     return _error(400, "invalid_parameter", problems or "invalid request")
 
 
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed"}
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -108,27 +126,35 @@ async def _http_error(_, exc: StarletteHTTPException):
                   str(exc.detail))
 
 
-# -- API key ---------------------------------------------------------------------------------------
+# -- API keys --------------------------------------------------------------------------------------
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                           description=f"the API key, when the service sets {API_KEY_ENV}")
-_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+                           description="a read or admin API key")
+_bearer = HTTPBearer(auto_error=False, description="a read or admin API key as a bearer token")
+
+#: The keys of this ingress replica (one FaceAPI per replica process), set by FaceAPI.__init__.
+_KEYRING: Optional[KeyRing] = None
 
 
-def require_api_key(x_api_key: Optional[str] = Security(_key_header),
-                    bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> None:
-    """Enforce ``FACENET_API_KEY`` (read from the replica's environment) when it is set."""
-    expected = os.environ.get(API_KEY_ENV)
-    if not expected:
-        return
-    given = x_api_key or (bearer.credentials if bearer else None)
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized",
-                       "missing or wrong API key: send it as 'X-API-Key: KEY' or "
-                       "'Authorization: Bearer KEY'")
+def _require(role: str):
+    """A FastAPI dependency admitting requests whose key has ``role`` (admin keys have both)."""
+
+    def check(x_api_key: Optional[str] = Security(_key_header),
+              bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> str:
+        if _KEYRING is None:
+            raise ApiError(503, "not_ready", "the service is starting")
+        given = x_api_key or (bearer.credentials if bearer else None)
+        try:
+            return _KEYRING.authorize(given, role)
+        except AuthDenied as denied:
+            raise ApiError(denied.status, denied.code, denied.message) from None
+
+    check.__name__ = f"require_{role}_key"
+    return check
 
 
-AUTH = [Depends(require_api_key)]
+READ_AUTH = [Depends(_require(READ))]
+ADMIN_AUTH = [Depends(_require(ADMIN))]
 
 
 def _image_body(*fields: str, multiple: bool = False, raw: bool = True) -> dict:
@@ -197,12 +223,22 @@ class FaceAPI:
     """HTTP front: parses and checks uploads, then calls detector -> embedder -> searcher."""
 
     def __init__(self, detector: DeploymentHandle, embedder: DeploymentHandle,
-                 searcher: DeploymentHandle, writer: DeploymentHandle, settings: dict):
+                 searcher: DeploymentHandle, writer: DeploymentHandle,
+                 thumbnailer: DeploymentHandle, settings: dict):
         from facenet_platform.core.images import max_pixels_from_env
 
+        global _KEYRING
         self.args = AppArgs.model_validate(settings)
-        self.detector, self.embedder, self.searcher, self.writer = (
-            detector, embedder, searcher, writer)
+        keyring = KeyRing.from_config(self.args.auth, os.environ)
+        keyring.check_startable()  # no key and keys not turned off: refuse to start
+        if len(keyring):
+            logger.info("API keys: %s", keyring.counts())
+        else:
+            logger.warning("API keys are OFF (insecure_no_auth): anyone who can reach this "
+                           "service can see every face and change every person")
+        _KEYRING = keyring
+        self.detector, self.embedder, self.searcher, self.writer, self.thumbnailer = (
+            detector, embedder, searcher, writer, thumbnailer)
         self.max_pixels = self.args.max_pixels or max_pixels_from_env()
         self.stats = _Stats()
         self._model: Optional[dict[str, Any]] = None
@@ -279,6 +315,9 @@ class FaceAPI:
         except NoFaceFoundError as exc:
             status = 422
             raise ApiError(422, "no_face", str(exc)) from None
+        except (FaceIdError, PhotoIdError) as exc:
+            status = 400
+            raise ApiError(400, "invalid_id", str(exc)) from None
         except ConfigError as exc:
             status = 400
             raise ApiError(400, "bad_request", str(exc)) from None
@@ -310,7 +349,7 @@ class FaceAPI:
 
     # ---------------------------------------------------------------------------- endpoints
 
-    @app.post(f"/{API_VERSION}/identify", dependencies=AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/identify", dependencies=READ_AUTH, openapi_extra=_image_body("file"),
               summary="Who is in this photo: every face, its top-k identities and a decision")
     async def identify(
         self, request: Request,
@@ -350,7 +389,7 @@ class FaceAPI:
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "threshold": thr, "gallery_version": version, "detected": det.n_detected}
 
-    @app.post(f"/{API_VERSION}/verify", dependencies=AUTH,
+    @app.post(f"/{API_VERSION}/verify", dependencies=READ_AUTH,
               openapi_extra=_image_body("file1", "file2", raw=False),
               summary="Are the main faces of two photos the same person?")
     async def verify(
@@ -382,7 +421,7 @@ class FaceAPI:
                   "faces_in_photo": d.n_detected} for d in found]
         return {**result.to_dict(), "faces": faces}
 
-    @app.post(f"/{API_VERSION}/embed", dependencies=AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/embed", dependencies=READ_AUTH, openapi_extra=_image_body("file"),
               summary="Every face of a photo with its embedding")
     async def embed(
         self, request: Request,
@@ -404,7 +443,7 @@ class FaceAPI:
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
 
-    @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=AUTH, status_code=201,
+    @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=ADMIN_AUTH, status_code=201,
               openapi_extra=_image_body("file", multiple=True),
               summary="Enroll one or more photos of a person (the main face of each)")
     async def enroll(self, name: str, request: Request):
@@ -445,7 +484,7 @@ class FaceAPI:
                 "identities": result.identities}
         return JSONResponse(body, status_code=201 if result.added else 200)
 
-    @app.delete(f"/{API_VERSION}/identities/{{name}}", dependencies=AUTH,
+    @app.delete(f"/{API_VERSION}/identities/{{name}}", dependencies=ADMIN_AUTH,
                 summary="Forget a person (every enrolled face)")
     async def delete_identity(self, name: str):
         return await self._run("delete", self._delete(name))
@@ -459,7 +498,7 @@ class FaceAPI:
         return {"name": name, "removed": result.removed, "gallery_version": result.version,
                 "identities": result.identities}
 
-    @app.get(f"/{API_VERSION}/identities", dependencies=AUTH, summary="Who is enrolled")
+    @app.get(f"/{API_VERSION}/identities", dependencies=READ_AUTH, summary="Who is enrolled")
     async def list_identities(self):
         async def run():
             version, identities = await self._call(self.searcher.identities)
@@ -468,23 +507,83 @@ class FaceAPI:
 
         return await self._run("identities", run())
 
-    @app.get(f"/{API_VERSION}/stats", dependencies=AUTH,
+    @app.get(f"/{API_VERSION}/stats", dependencies=READ_AUTH,
              summary="Request counters and latencies (this ingress replica; one replica of each "
                      "backend)")
     async def get_stats(self):
         async def run():
-            detector, embedder, searcher, writer = await asyncio.gather(
+            detector, embedder, searcher, writer, thumbnailer = await asyncio.gather(
                 self._call(self.detector.stats), self._call(self.embedder.stats),
-                self._call(self.searcher.info), self._call(self.writer.stats))
+                self._call(self.searcher.info), self._call(self.writer.stats),
+                self._call(self.thumbnailer.stats))
             return {"ingress": {"replica": serve.get_replica_context().replica_tag,
-                                **self.stats.to_dict()},
+                                **self.stats.to_dict(), "api_keys": _KEYRING.counts()},
                     "detector": detector, "embedder": embedder, "gallery": searcher,
-                    "writer": writer,
+                    "writer": writer, "thumbnailer": thumbnailer,
                     "limits": {"max_body_bytes": self.args.max_body_bytes,
                                "max_pixels": self.max_pixels,
                                "max_faces_limit": self.args.max_faces_limit}}
 
         return await self._run("stats", run())
+
+    # ---------------------------------------------------------------------------- thumbnails
+
+    @staticmethod
+    def _jpeg(result: Thumbnail) -> Response:
+        headers = {"ETag": result.etag, "Cache-Control": "private, max-age=86400",
+                   "Vary": "X-API-Key, Authorization", "X-Thumbnail-Size": str(result.size)}
+        if result.data is None:
+            return Response(status_code=304, headers=headers)
+        return Response(result.data, media_type="image/jpeg", headers=headers)
+
+    @app.get(f"/{API_VERSION}/faces/{{face_id}}/thumbnail", dependencies=READ_AUTH,
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "JPEG, size x size px"},
+                        304: {"description": "the copy named by If-None-Match is current"}},
+             summary="A collection face as a square JPEG crop (cached; ETag)")
+    async def face_thumbnail(
+        self, face_id: str, request: Request,
+        size: Optional[int] = Query(None, ge=16, le=1024, description=(
+            f"edge in px; served at the smallest of {list(FACE_SIZES)} that is at least this "
+            f"(default {FACE_SIZES[1]})")),
+    ):
+        async def run():
+            fid = check_face_id(face_id)
+            px = snap_size(size, FACE_SIZES, FACE_SIZES[1])
+            return self._jpeg(self._ok(await self._call(
+                self.thumbnailer.face, fid, px, request.headers.get("if-none-match"))))
+
+        return await self._run("thumbnail", run())
+
+    @app.get(f"/{API_VERSION}/photos/{{photo_id}}/thumbnail", dependencies=READ_AUTH,
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "JPEG, longer side at most size px"},
+                        304: {"description": "the copy named by If-None-Match is current"}},
+             summary="A collection photo as a downscaled JPEG (cached; ETag)")
+    async def photo_thumbnail(
+        self, photo_id: str, request: Request,
+        size: Optional[int] = Query(None, ge=16, le=4096, description=(
+            f"longer side in px; served at the smallest of {list(PHOTO_SIZES)} that is at "
+            f"least this (default {PHOTO_SIZES[1]})")),
+    ):
+        async def run():
+            pid = check_photo_id(photo_id)
+            px = snap_size(size, PHOTO_SIZES, PHOTO_SIZES[1])
+            return self._jpeg(self._ok(await self._call(
+                self.thumbnailer.photo, pid, px, request.headers.get("if-none-match"))))
+
+        return await self._run("thumbnail", run())
+
+    @app.get(f"/{API_VERSION}/photos/{{photo_id}}", dependencies=READ_AUTH,
+             summary="A collection photo: its size and its faces (ids and boxes)")
+    async def photo_info(self, photo_id: str):
+        async def run():
+            pid = check_photo_id(photo_id)
+            return self._ok(await self._call(self.thumbnailer.photo_info, pid))
+
+        return await self._run("photo", run())
 
     @app.get("/healthz", summary="200 when the models and the gallery answer, else 503")
     async def healthz(self):

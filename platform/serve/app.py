@@ -4,7 +4,8 @@
       |-- Detector        DeploymentHandle
       |-- Embedder        DeploymentHandle (@serve.batch)
       |-- Searcher        DeploymentHandle
-      `-- GalleryWriter   DeploymentHandle (one replica)
+      |-- GalleryWriter   DeploymentHandle (one replica)
+      `-- Thumbnailer     DeploymentHandle
 
 ``facenet_platform.serve.app:build_app`` is the import path for ``serve run`` / ``serve deploy``
 and KubeRay's RayService; its ``args`` are :class:`~facenet_platform.serve.config.AppArgs`
@@ -21,13 +22,13 @@ from typing import Any, Union
 
 from ray.serve import Application
 
-from .config import DETECTOR, EMBEDDER, INGRESS, SEARCHER, WRITER, AppArgs
+from .config import DETECTOR, EMBEDDER, INGRESS, SEARCHER, THUMBNAILER, WRITER, AppArgs
 
 
 def build_app(args: AppArgs) -> Application:
     """The bound application for ``args`` (an :class:`AppArgs` or a plain dict of its fields)."""
     from .api import FaceAPI
-    from .deployments import Detector, Embedder, GalleryWriter, Searcher
+    from .deployments import Detector, Embedder, GalleryWriter, Searcher, Thumbnailer
 
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
@@ -40,8 +41,10 @@ def build_app(args: AppArgs) -> Application:
         jit_compile=args.jit_compile, threads=args.embedder.thread_count())
     searcher = Searcher.options(**options[SEARCHER]).bind(args.index_dir)
     writer = GalleryWriter.options(**options[WRITER]).bind(args.index_dir)
+    thumbnailer = Thumbnailer.options(**options[THUMBNAILER]).bind(
+        args.index_dir, cache_mb=args.thumbnail_cache_mb)
     return FaceAPI.options(**options[INGRESS]).bind(
-        detector, embedder, searcher, writer, args.model_dump())
+        detector, embedder, searcher, writer, thumbnailer, args.model_dump())
 
 
 def app_args(index_dir: str, **kwargs: Any) -> AppArgs:

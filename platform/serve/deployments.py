@@ -8,6 +8,8 @@ deployment              job
                         (a batch is counted in faces, not requests)
 ``Searcher``            the gallery's FAISS index: top-k identities; reloads on a version bump
 ``GalleryWriter``       the single writer: enroll / remove, one change at a time, saved atomically
+``Thumbnailer``         face crops and downscaled photos as JPEG (LRU cache, ETags); reloads the
+                        photo catalog when ``index build`` commits
 ======================  ==========================================================================
 
 Each scales on its own (see :mod:`facenet_platform.serve.config`). Replies are plain picklable
@@ -32,7 +34,7 @@ from ray import serve
 
 from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeError
 
-from .config import DETECTOR, EMBEDDER, SEARCHER, WRITER
+from .config import DETECTOR, EMBEDDER, SEARCHER, THUMBNAILER, WRITER
 
 logger = logging.getLogger(__name__)
 
@@ -477,3 +479,141 @@ class GalleryWriterImpl:
 
 
 GalleryWriter = serve.deployment(name=WRITER, num_replicas=1)(GalleryWriterImpl)
+
+
+# ---------------------------------------------------------------------------------- thumbnails
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A JPEG thumbnail, or (``data`` None) the answer that the client's copy is current."""
+
+    data: bytes | None
+    etag: str
+    size: int
+
+
+class ThumbnailerImpl:
+    """Face crops and downscaled photos of the collection, as JPEG, with an LRU cache.
+
+    The photo catalog (face id / photo id -> source file and box) is read from the index's live
+    faces table and read again when the manifest's collection stamp changes (checked at most
+    every ``check_interval_s``). Sync methods: Serve runs them in its thread pool.
+    """
+
+    def __init__(self, index_dir: str, cache_mb: float = 64.0, check_interval_s: float = 0.5):
+        from facenet_platform.index.layout import IndexLayout
+
+        from .catalog import PhotoCatalog
+        from .thumbnails import ThumbnailCache
+
+        self.index_dir = index_dir
+        self.layout = IndexLayout.open(index_dir)
+        self.check_interval_s = float(check_interval_s)
+        self._lock = threading.Lock()
+        self._catalog = PhotoCatalog.load(self.layout)
+        self._checked = time.monotonic()
+        self.cache = ThumbnailCache(int(cache_mb * 1024 * 1024))
+        self.reloads = 0
+        self.encoded = 0
+        self.not_modified = 0
+
+    def catalog(self):
+        """The current catalog (re-read when ``index build`` committed since)."""
+        from facenet_platform.index.layout import read_manifest
+
+        from .catalog import PhotoCatalog, collection_version
+
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval_s:
+            with self._lock:
+                if now - self._checked >= self.check_interval_s:
+                    self._checked = now
+                    if collection_version(read_manifest(self.layout)) != self._catalog.version:
+                        self._catalog = PhotoCatalog.load(self.layout)
+                        self.reloads += 1
+        return self._catalog
+
+    def _image(self, record, label: str) -> np.ndarray | Failure:
+        from facenet_platform.core.images import decode_image
+
+        from .catalog import read_source
+
+        try:
+            data = read_source(record.path)
+        except OSError as exc:
+            logger.warning("thumbnail of %s: cannot read its source file: %s", label, exc)
+            return Failure(410, "photo_unavailable",
+                           f"{label}: its photo is no longer readable by the service (moved or "
+                           "deleted since it was indexed; run index build again)")
+        try:
+            return decode_image(data, source=label)
+        except ImageError as exc:
+            return Failure(410, "photo_unavailable", str(exc))
+
+    def _serve(self, key: tuple, etag: str, size: int, if_none_match: str | None,
+               render) -> Thumbnail | Failure:
+        if if_none_match and etag in {t.strip() for t in if_none_match.split(",")}:
+            self.not_modified += 1
+            return Thumbnail(None, etag, size)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Thumbnail(cached[1], etag, size)
+        data = render()
+        if isinstance(data, Failure):
+            return data
+        self.cache.put(key, etag, data)
+        self.encoded += 1
+        return Thumbnail(data, etag, size)
+
+    def face(self, fid: str, size: int, if_none_match: str | None = None
+             ) -> Thumbnail | Failure:
+        """JPEG crop of face ``fid`` (a checked face id), ``size`` px square (a bucket)."""
+        from .thumbnails import etag_of, face_thumbnail
+
+        record = self.catalog().face(fid)
+        if record is None:
+            return Failure(404, "unknown_face", f"no face {fid} in the collection")
+        etag = etag_of("face", record.content_hash, record.box, size)
+
+        def render():
+            image = self._image(record, f"face {fid}")
+            return image if isinstance(image, Failure) else face_thumbnail(image, record.box,
+                                                                           size)
+
+        return self._serve(("face", fid, size), etag, size, if_none_match, render)
+
+    def photo(self, pid: str, size: int, if_none_match: str | None = None
+              ) -> Thumbnail | Failure:
+        """JPEG of photo ``pid`` (a checked photo id), longer side at most ``size`` px."""
+        from .thumbnails import etag_of, photo_thumbnail
+
+        record = self.catalog().photo(pid)
+        if record is None:
+            return Failure(404, "unknown_photo", f"no photo {pid} in the collection")
+        etag = etag_of("photo", record.content_hash, size)
+
+        def render():
+            image = self._image(record, f"photo {pid}")
+            return image if isinstance(image, Failure) else photo_thumbnail(image, size)
+
+        return self._serve(("photo", pid, size), etag, size, if_none_match, render)
+
+    def photo_info(self, pid: str) -> dict[str, Any] | Failure:
+        """Size and faces (ids, boxes) of photo ``pid``; never its path."""
+        catalog = self.catalog()
+        record = catalog.photo(pid)
+        if record is None:
+            return Failure(404, "unknown_photo", f"no photo {pid} in the collection")
+        return {"photo_id": pid, "width": record.width, "height": record.height,
+                "faces": [{"face_id": f.face_id, "box": [round(v, 1) for v in f.box]}
+                          for f in catalog.faces_of_photo(pid)]}
+
+    def stats(self) -> dict[str, Any]:
+        catalog = self.catalog()
+        return {"replica": _replica_id(), "faces": len(catalog), "photos": catalog.n_photos,
+                "reloads": self.reloads, "encoded": self.encoded,
+                "not_modified": self.not_modified, "cache": self.cache.stats()}
+
+
+Thumbnailer = serve.deployment(name=THUMBNAILER)(ThumbnailerImpl)
