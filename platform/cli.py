@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    if args.verbose < 2:
+    # Commands that never run a model (people decisions, lists) set needs_tensorflow=False.
+    if args.verbose < 2 and getattr(args, "needs_tensorflow", True):
         from .core.tensorflow_setup import start_tensorflow
 
         start_tensorflow(quiet=True)  # TensorFlow's C++ start-up lines; -vv keeps them

@@ -86,6 +86,9 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                    help="read and hash every file, even those whose path, size and mtime are known")
     g.add_argument("--retry-failed", action="store_true",
                    help="process again the files whose content failed in an earlier build")
+    p.add_argument("--no-people", action="store_true",
+                   help="do not run `people update` after the build (give the new faces to "
+                        "people later)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_build)
 
@@ -128,10 +131,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         log_to_driver=args.verbose > 0,
     )
     summary = build_index(args.sources, args.out, options=options)
+    people, people_error = None, None
+    if not args.no_people and summary.total_faces:
+        from .locking import IndexBusyError
+        from .people import update_people
+
+        try:
+            people = update_people(args.out)
+        except IndexBusyError as exc:  # the build is done; the people can be updated later
+            people_error = f"not updated ({exc}); run `facenet-platform people update --index " \
+                           f"{args.out}` later"
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        out = summary.to_dict()
+        out["people"] = people.to_dict() if people is not None else people_error
+        print(json.dumps(out, indent=2))
     else:
         print(summary.format())
+        if people is not None:
+            print(f"people:   {people.line()}")
+        elif people_error:
+            print(f"people:   {people_error}")
     return 0
 
 

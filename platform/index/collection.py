@@ -42,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,10 +51,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
+from facenet_platform.core.errors import ConfigError
 from facenet_platform.core.facetable import face_schema
 
 from .layout import IndexLayout
+from .locking import IndexBusyError, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,6 @@ def _schema_for(table: str, embedding_size: int | None) -> pa.Schema:
     return FILES_SCHEMA if table == FILES else FAILURES_SCHEMA
 
 
-class IndexBusyError(FaceNetPlatformError):
-    """Another ``index build`` is writing to the same index directory."""
-
-
 @dataclass(frozen=True)
 class _Part:
     table: str
@@ -172,6 +168,7 @@ class CollectionStore:
         self.commits_dir = layout.path("_collection", "commits")
         self.staging_dir = layout.path("_collection", "staging")
         self.lock_path = layout.path("_collection", "LOCK")
+        self._lock = WriterLock(layout, self.lock_path, "index build")
 
     # -- commit log --------------------------------------------------------------------------
 
@@ -320,63 +317,16 @@ class CollectionStore:
     # -- single-writer lock ------------------------------------------------------------------
 
     def acquire_lock(self, run_id: str) -> None:
-        """Take the build lock; a lock left by a dead process on this host is taken over.
+        """Take the build lock (:class:`~facenet_platform.index.locking.WriterLock`); a lock
+        left by a dead process on this host is taken over.
 
         On filesystems other than the local one the lock is advisory (written, not checked
         atomically): do not run two builds into one remote index at once.
         """
-        self.fs.create_dir(self.meta_dir, recursive=True)
-        me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        payload = json.dumps(me).encode()
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            for _ in range(2):
-                try:
-                    fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    holder = self._lock_holder()
-                    if holder is not None and _alive(holder):
-                        raise IndexBusyError(
-                            f"{self.layout.root} is being written by another index build (pid "
-                            f"{holder.get('pid')} on {holder.get('host')}, run "
-                            f"{holder.get('run_id')}); wait for it or stop it. If no build is "
-                            f"running, delete {self.lock_path}") from None
-                    logger.warning("taking over the lock of an interrupted build (%s)", holder)
-                    try:
-                        os.unlink(self.lock_path)
-                    except FileNotFoundError:
-                        pass
-                    continue
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(payload)
-                return
-            raise IndexBusyError(f"could not take the lock {self.lock_path}")
-        self.layout.write_bytes_atomic(self.lock_path, payload)
-
-    def _lock_holder(self) -> dict | None:
-        try:
-            return json.loads(self.layout.read_bytes(self.lock_path))
-        except (OSError, ValueError):
-            return None
+        self._lock.acquire(run_id, run_id=run_id)
 
     def release_lock(self, run_id: str) -> None:
-        holder = self._lock_holder()
-        if holder is not None and holder.get("run_id") == run_id:
-            self.fs.delete_file(self.lock_path)
-
-
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot tell: assume it runs
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    # Our own pid: a build of this process that ended without releasing (it always does, in a
-    # finally), so the lock is stale.
-    return int(holder["pid"]) != os.getpid()
+        self._lock.release(run_id)
 
 
 def _store(index_dir: str | os.PathLike | IndexLayout) -> CollectionStore:

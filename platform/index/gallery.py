@@ -78,13 +78,17 @@ _WARNED_NO_IDENTIFY_THRESHOLD: set[str] = set()
 
 @dataclass(frozen=True)
 class Match:
-    """One identity returned by a gallery search: squared L2 distance of its nearest face."""
+    """One identity returned by a gallery search: squared L2 distance of its nearest face (or
+    template). ``person``: the person id when the identity is one of the people (an unnamed
+    person has ``name == ""``)."""
 
     name: str
     distance: float
+    person: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "distance": round(float(self.distance), 6)}
+        return {"name": self.name or None, "distance": round(float(self.distance), 6),
+                "person": self.person}
 
 
 def gallery_schema(embedding_size: int) -> pa.Schema:
@@ -403,6 +407,13 @@ class Gallery:
         return [{k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self._meta.items()}
                 for i in np.flatnonzero(keep)]
 
+    def enrolled_faces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every enrolled face: ``ids (M,) int64`` (ascending), ``names (M,) object`` and
+        ``embeddings (M, D) float32``."""
+        meta = self._meta  # merges pending additions
+        self._ensure_embeddings()
+        return meta["id"].copy(), meta["name"].copy(), self._embeddings.copy()
+
     def search(self, embeddings: np.ndarray, top_k: int = 5) -> list[list[Match]]:
         """The ``top_k`` nearest identities of each query embedding.
 
@@ -637,7 +648,7 @@ class Gallery:
         if (self._index is None or self._needs_rebuild or desired != self._index_type or grown):
             params = kind.params(n, self.index_param_overrides)
             t0 = time.perf_counter()
-            self._index, self._index_params = fx.build_index(desired, self._embeddings,
+            self._index, self._index_params = fx.build_faiss_index(desired, self._embeddings,
                                                              self._meta["id"], params)
             self._index_type, self._index_mmapped = desired, False
             self._trained_on = 0 if kind.min_train(params) == 0 else n

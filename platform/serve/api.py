@@ -366,7 +366,9 @@ class FaceAPI:
                                                           max_faces))
 
     async def _identify(self, request, top_k, threshold, max_faces):
-        from facenet_platform.index.identify import IdentifiedFace, decide
+        from facenet_platform.core.quality import face_quality
+        from facenet_platform.index.identify import IdentifiedFace, decide_face
+        from facenet_platform.index.stages import sharpness
 
         source, data = single_upload(request.headers.get("content-type"),
                                      await self._body(request))
@@ -377,14 +379,19 @@ class FaceAPI:
             embeddings = np.zeros((0, int(info["embedding_size"])), np.float32)
         else:
             embeddings = await self._embed(det.crops)
-        # The gallery's identification (1:N) threshold, not the embedder's 1:1 one.
-        version, gallery_threshold, matches = await self._call(self.searcher.search,
-                                                               embeddings, top_k)
+        # The people's identification (1:N) threshold, not the embedder's 1:1 one.
+        version, gallery_threshold, matches, min_quality = await self._call(
+            self.searcher.search, embeddings, top_k)
         thr = gallery_threshold if threshold is None else float(threshold)
-        faces = [IdentifiedFace(int(det.indices[i]), det.boxes[i], det.landmarks[i],
-                                float(det.scores[i]), decide(matches[i], thr), matches[i],
-                                thr).to_dict()
-                 for i in range(len(det))]
+        quality = (face_quality(det.scores, det.boxes, det.landmarks, sharpness(det.crops))
+                   if len(det) else np.zeros(0, np.float32))
+        faces = []
+        for i in range(len(det)):
+            decision, reason, person = decide_face(matches[i], thr, float(quality[i]),
+                                                   min_quality)
+            faces.append(IdentifiedFace(int(det.indices[i]), det.boxes[i], det.landmarks[i],
+                                        float(det.scores[i]), decision, matches[i], thr, person,
+                                        float(quality[i]), reason).to_dict())
         self.stats.faces += len(faces)
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "threshold": thr, "gallery_version": version, "detected": det.n_detected}

@@ -286,13 +286,41 @@ def _open_gallery(index_dir: str, *, mmap: bool, model: dict[str, Any] | None = 
     raise AssertionError("unreachable")
 
 
+def _open_people_gallery(index_dir: str):
+    """The people of ``index_dir`` as the identify gallery
+    (:class:`~facenet_platform.index.people_gallery.PeopleGallery`), or a new empty gallery
+    (version 0) when it has neither people nor enrolled photos. Retries a load that races with
+    a writer replacing an old version under it."""
+    from facenet_platform.core.errors import DatasetError
+    from facenet_platform.index.gallery import GalleryError
+    from facenet_platform.index.layout import IndexLayout
+    from facenet_platform.index.people_gallery import PeopleGallery, identity_version
+
+    layout = IndexLayout.open(index_dir)
+    for attempt in range(3):
+        if identity_version(layout) == (0, 0):
+            return _open_gallery(index_dir, mmap=True)
+        try:
+            return PeopleGallery.load(index_dir)
+        except (GalleryError, DatasetError, FileNotFoundError):
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _versions(gallery) -> tuple[int, int]:
+    return gallery.version, getattr(gallery, "people_version", 0)
+
+
 @serve.deployment(name=SEARCHER)
 class Searcher:
-    """Holds the gallery (FAISS index memory-mapped) and answers top-k searches.
+    """Holds the people as the identify gallery (templates of named, visible people and of
+    enrolled identities) and answers top-k searches.
 
-    Before every request it reads the manifest's gallery version (one small file) and loads the
-    new version when it changed, so an enrollment is visible to the next request on every
-    replica.
+    Before every request it reads the gallery and people versions (two small files) and loads
+    again when one changed, so an enrollment or a people decision (a rename, a merge) is visible
+    to the next request on every replica.
     """
 
     def __init__(self, index_dir: str):
@@ -301,31 +329,36 @@ class Searcher:
         self.index_dir = index_dir
         self.layout = IndexLayout.open(index_dir)
         self._lock = threading.Lock()
-        self._gallery = _open_gallery(index_dir, mmap=True)
+        self._gallery = _open_people_gallery(index_dir)
         self.reloads = 0
         self.searches = 0
         logger.info("searcher ready: %r", self._gallery)
 
     def _current(self):
+        from facenet_platform.index.people_gallery import identity_version
+
         gallery = self._gallery
-        if _gallery_version(self.layout) != gallery.version:
+        if identity_version(self.layout) != _versions(gallery):
             with self._lock:
-                if _gallery_version(self.layout) != self._gallery.version:
-                    self._gallery = _open_gallery(self.index_dir, mmap=True)
+                if identity_version(self.layout) != _versions(self._gallery):
+                    self._gallery = _open_people_gallery(self.index_dir)
                     self.reloads += 1
                     logger.info("searcher reloaded %r", self._gallery)
                 gallery = self._gallery
         return gallery
 
-    def search(self, embeddings: np.ndarray, top_k: int) -> tuple[int, float, list]:
-        """``(gallery version, identification threshold, per query [Match, ...])``.
+    def search(self, embeddings: np.ndarray, top_k: int) -> tuple[int, float, list, float]:
+        """``(gallery version, identification threshold, per query [Match, ...], quality
+        floor)``.
 
-        The threshold is the gallery's 1:N one (:attr:`Gallery.identify_threshold`), the
-        default of the identify decision; ``embeddings`` may have no rows.
+        The threshold is the people's assign distance (:attr:`PeopleGallery.identify_threshold`:
+        the decision ``people update`` makes), the default of the identify decision;
+        ``embeddings`` may have no rows.
         """
         gallery = self._current()
         self.searches += 1
-        return gallery.version, gallery.identify_threshold, gallery.search(embeddings, top_k)
+        return (gallery.version, gallery.identify_threshold, gallery.search(embeddings, top_k),
+                float(getattr(gallery, "min_quality", 0.0)))
 
     def identities(self) -> tuple[int, dict[str, int]]:
         gallery = self._current()
@@ -337,6 +370,7 @@ class Searcher:
                 "model_id": gallery.model_id, "embedding_size": gallery.embedding_size,
                 "threshold": gallery.threshold,
                 "identify_threshold": gallery.identify_threshold, "faces": len(gallery),
+                "people_version": getattr(gallery, "people_version", 0),
                 "identities": len(gallery.identities()), "index_type": gallery.index_type,
                 "reloads": self.reloads, "searches": self.searches}
 
