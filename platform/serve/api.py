@@ -1,34 +1,7 @@
-"""The HTTP ingress: a FastAPI app (``@serve.ingress``) that composes the model deployments.
-
-Endpoints (JSON unless said; OpenAPI at ``/docs`` and ``/openapi.json``; role needed in
-brackets)::
-
-    POST   /v1/identify                   [read]  one photo -> every face, top-k identities
-    POST   /v1/verify                     [read]  file1 + file2 -> distance, same person or not
-    POST   /v1/embed                      [read]  one photo -> every face with its embedding
-    GET    /v1/identities                 [read]  who is enrolled, faces each
-    POST   /v1/identities/{name}/faces    [admin] enroll one or more photos of a person
-    DELETE /v1/identities/{name}          [admin] forget a person (404 if unknown)
-    GET    /v1/faces/{face_id}/thumbnail  [read]  JPEG crop of a collection face
-    GET    /v1/photos/{photo_id}          [read]  a collection photo's size and faces
-    GET    /v1/photos/{photo_id}/thumbnail [read] JPEG of a collection photo, downscaled
-    GET    /v1/stats                      [read]  counters and latencies
-    GET    /healthz                               200 once models and gallery answer, else 503
-    GET    /                                      the web page (its data comes from /v1)
-
-A photo comes as the multipart field ``file`` (``file1``/``file2`` for verify; any number of
-file fields to enroll) or as the raw request body. Errors are ``{"error": message, "code": code}``
-with 400 (not an image, corrupt, bad parameter or id), 401 (no or unknown API key), 403 (a read
-key on a change), 404, 410 (an indexed photo no longer readable), 413 (body or pixel limit), 422
-(verify/enroll photo without a face) or 503 (a backend is down); a photo without faces is a 200
-with an empty ``faces`` list.
-
-API keys (see :mod:`facenet_platform.serve.auth`): everything under ``/v1`` needs one, sent as
-``X-API-Key: KEY`` or ``Authorization: Bearer KEY``; a read key may identify and browse, an admin
-key may also change. The page, ``/docs``, ``/openapi.json`` and ``/healthz`` need none (they
-hold no personal data). Thumbnails come with an ``ETag`` and ``Cache-Control: private``; a
-request with a matching ``If-None-Match`` gets ``304``. No response ever holds a path of the
-server's disk: photos and faces are named by their ids.
+"""The HTTP ingress: :class:`FaceAPI` (``@serve.ingress``) composes the model, gallery,
+thumbnail and people deployments behind the routes of :mod:`facenet_platform.serve.webapp`
+(where the endpoint list, the error model and the API keys are described). The people routes
+are the :class:`~facenet_platform.serve.people_api.PeopleRoutes` mixin.
 """
 
 import asyncio
@@ -37,18 +10,13 @@ import hashlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import Depends, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
+from fastapi import Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from fastapi_offline import FastAPIOffline
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facenet_platform.core.errors import (
     ConfigError,
@@ -59,10 +27,11 @@ from facenet_platform.core.errors import (
 from facenet_platform.index.face_ids import FaceIdError, check_face_id
 from facenet_platform.index.gallery import GalleryError
 
-from .auth import ADMIN, READ, AuthDenied, KeyRing
+from .auth import KeyRing
 from .catalog import PhotoIdError, check_photo_id
 from .config import INGRESS, AppArgs
 from .deployments import Detected, Failure, Thumbnail, WriteResult
+from .people_api import PeopleRoutes
 from .thumbnails import FACE_SIZES, PHOTO_SIZES, snap_size
 from .uploads import (
     BadUpload,
@@ -72,101 +41,21 @@ from .uploads import (
     read_body,
     single_upload,
 )
-
-logger = logging.getLogger(__name__)
-
-API_VERSION = "v1"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message, "code": code}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message, "code": code, **extra}, status_code=status,
-                        headers=headers)
-
-
-# Swagger UI and ReDoc served from the fastapi-offline package (no CDN): /docs works offline.
-app = FastAPIOffline(
-    title="facenet-platform",
-    version="1",
-    description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-    # The validator badge would fetch from the internet; the spec is validated in the tests.
-    swagger_ui_parameters={"validatorUrl": None},
+from .webapp import (
+    ADMIN_AUTH,
+    API_VERSION,
+    READ_AUTH,
+    STATIC_DIR,
+    ApiError,
+    app,
+    error_response,
+    image_body,
+    install_keyring,
+    keyring,
+    unavailable_errors,
 )
 
-
-@app.exception_handler(ApiError)
-async def _api_error(_, exc: ApiError):
-    return _error(exc.status, exc.code, exc.message)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_, exc: RequestValidationError):
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('query', 'path'))}: "
-        f"{e.get('msg')}" for e in exc.errors())
-    return _error(400, "invalid_parameter", problems or "invalid request")
-
-
-_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed"}
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_, exc: StarletteHTTPException):
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
-                  str(exc.detail))
-
-
-# -- API keys --------------------------------------------------------------------------------------
-
-_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                           description="a read or admin API key")
-_bearer = HTTPBearer(auto_error=False, description="a read or admin API key as a bearer token")
-
-#: The keys of this ingress replica (one FaceAPI per replica process), set by FaceAPI.__init__.
-_KEYRING: Optional[KeyRing] = None
-
-
-def _require(role: str):
-    """A FastAPI dependency admitting requests whose key has ``role`` (admin keys have both)."""
-
-    def check(x_api_key: Optional[str] = Security(_key_header),
-              bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> str:
-        if _KEYRING is None:
-            raise ApiError(503, "not_ready", "the service is starting")
-        given = x_api_key or (bearer.credentials if bearer else None)
-        try:
-            return _KEYRING.authorize(given, role)
-        except AuthDenied as denied:
-            raise ApiError(denied.status, denied.code, denied.message) from None
-
-    check.__name__ = f"require_{role}_key"
-    return check
-
-
-READ_AUTH = [Depends(_require(READ))]
-ADMIN_AUTH = [Depends(_require(ADMIN))]
-
-
-def _image_body(*fields: str, multiple: bool = False, raw: bool = True) -> dict:
-    """OpenAPI description of an upload body (the endpoints parse it themselves)."""
-    props = {f: ({"type": "array", "items": {"type": "string", "format": "binary"}}
-                 if multiple else {"type": "string", "format": "binary"}) for f in fields}
-    content = {"multipart/form-data": {"schema": {"type": "object", "properties": props,
-                                                  "required": list(fields)}}}
-    if raw:
-        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
-        content["image/jpeg"] = {"schema": {"type": "string", "format": "binary"}}
-    return {"requestBody": {"required": True, "content": content}}
+logger = logging.getLogger(__name__)
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -202,43 +91,29 @@ class _Stats:
 
 # -- the ingress -----------------------------------------------------------------------------------
 
-_UNAVAILABLE: tuple[type[BaseException], ...] = ()
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """Ray's errors for a replica that died or cannot be reached (retried once: idempotent)."""
-    global _UNAVAILABLE
-    if not _UNAVAILABLE:
-        import ray.exceptions as rex
-
-        names = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
-                 "ActorUnschedulableError", "WorkerCrashedError", "NodeDiedError")
-        _UNAVAILABLE = tuple(getattr(rex, n) for n in names if hasattr(rex, n))
-    return _UNAVAILABLE
-
-
 @serve.deployment(name=INGRESS)
 @serve.ingress(app)
-class FaceAPI:
+class FaceAPI(PeopleRoutes):
     """HTTP front: parses and checks uploads, then calls detector -> embedder -> searcher."""
 
     def __init__(self, detector: DeploymentHandle, embedder: DeploymentHandle,
                  searcher: DeploymentHandle, writer: DeploymentHandle,
-                 thumbnailer: DeploymentHandle, settings: dict):
+                 thumbnailer: DeploymentHandle, people: DeploymentHandle, settings: dict):
         from facenet_platform.core.images import max_pixels_from_env
 
-        global _KEYRING
         self.args = AppArgs.model_validate(settings)
-        keyring = KeyRing.from_config(self.args.auth, os.environ)
-        keyring.check_startable()  # no key and keys not turned off: refuse to start
-        if len(keyring):
-            logger.info("API keys: %s", keyring.counts())
+        keys = KeyRing.from_config(self.args.auth, os.environ)
+        keys.check_startable()  # no key and keys not turned off: refuse to start
+        if len(keys):
+            logger.info("API keys: %s", keys.counts())
         else:
             logger.warning("API keys are OFF (insecure_no_auth): anyone who can reach this "
                            "service can see every face and change every person")
-        _KEYRING = keyring
+        install_keyring(keys)
         self.detector, self.embedder, self.searcher, self.writer, self.thumbnailer = (
             detector, embedder, searcher, writer, thumbnailer)
+        self.people = people
+        self._people_floor = 0  # the newest people version this replica wrote or was told of
         self.max_pixels = self.args.max_pixels or max_pixels_from_env()
         self.stats = _Stats()
         self._model: Optional[dict[str, Any]] = None
@@ -249,7 +124,7 @@ class FaceAPI:
 
     async def _call(self, method, *args):
         """``await handle.method.remote(*args)``, retried when the replica died mid-call."""
-        errors = _unavailable_errors()
+        errors = unavailable_errors()
         for attempt in range(self.args.call_retries + 1):
             try:
                 return await method.remote(*args)
@@ -349,7 +224,7 @@ class FaceAPI:
 
     # ---------------------------------------------------------------------------- endpoints
 
-    @app.post(f"/{API_VERSION}/identify", dependencies=READ_AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/identify", dependencies=READ_AUTH, openapi_extra=image_body("file"),
               summary="Who is in this photo: every face, its top-k identities and a decision")
     async def identify(
         self, request: Request,
@@ -397,7 +272,7 @@ class FaceAPI:
                 "threshold": thr, "gallery_version": version, "detected": det.n_detected}
 
     @app.post(f"/{API_VERSION}/verify", dependencies=READ_AUTH,
-              openapi_extra=_image_body("file1", "file2", raw=False),
+              openapi_extra=image_body("file1", "file2", raw=False),
               summary="Are the main faces of two photos the same person?")
     async def verify(
         self, request: Request,
@@ -428,7 +303,7 @@ class FaceAPI:
                   "faces_in_photo": d.n_detected} for d in found]
         return {**result.to_dict(), "faces": faces}
 
-    @app.post(f"/{API_VERSION}/embed", dependencies=READ_AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/embed", dependencies=READ_AUTH, openapi_extra=image_body("file"),
               summary="Every face of a photo with its embedding")
     async def embed(
         self, request: Request,
@@ -451,7 +326,7 @@ class FaceAPI:
                 "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
 
     @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=ADMIN_AUTH, status_code=201,
-              openapi_extra=_image_body("file", multiple=True),
+              openapi_extra=image_body("file", multiple=True),
               summary="Enroll one or more photos of a person (the main face of each)")
     async def enroll(self, name: str, request: Request):
         return await self._run("enroll", self._enroll(name, request))
@@ -481,7 +356,7 @@ class FaceAPI:
         try:
             result = self._ok(await self.writer.add.remote(name, embeddings, sources, hashes,
                                                            model))
-        except _unavailable_errors() as exc:
+        except unavailable_errors() as exc:
             raise ApiError(503, "backend_unavailable",
                            f"the gallery writer is unavailable ({type(exc).__name__}); the "
                            "enrollment may not have been saved: retry") from exc
@@ -499,7 +374,7 @@ class FaceAPI:
     async def _delete(self, name):
         try:
             result = self._ok(await self.writer.remove.remote(name))
-        except _unavailable_errors() as exc:
+        except unavailable_errors() as exc:
             raise ApiError(503, "backend_unavailable",
                            f"the gallery writer is unavailable ({type(exc).__name__})") from exc
         return {"name": name, "removed": result.removed, "gallery_version": result.version,
@@ -519,14 +394,14 @@ class FaceAPI:
                      "backend)")
     async def get_stats(self):
         async def run():
-            detector, embedder, searcher, writer, thumbnailer = await asyncio.gather(
+            detector, embedder, searcher, writer, thumbnailer, people = await asyncio.gather(
                 self._call(self.detector.stats), self._call(self.embedder.stats),
                 self._call(self.searcher.info), self._call(self.writer.stats),
-                self._call(self.thumbnailer.stats))
+                self._call(self.thumbnailer.stats), self._call(self.people.stats))
             return {"ingress": {"replica": serve.get_replica_context().replica_tag,
-                                **self.stats.to_dict(), "api_keys": _KEYRING.counts()},
+                                **self.stats.to_dict(), "api_keys": keyring().counts()},
                     "detector": detector, "embedder": embedder, "gallery": searcher,
-                    "writer": writer, "thumbnailer": thumbnailer,
+                    "writer": writer, "thumbnailer": thumbnailer, "people": people,
                     "limits": {"max_body_bytes": self.args.max_body_bytes,
                                "max_pixels": self.max_pixels,
                                "max_faces_limit": self.args.max_faces_limit}}
@@ -599,14 +474,14 @@ class FaceAPI:
                 self.detector.ready.remote(), self.embedder.ready.remote(),
                 self.searcher.ready.remote()), timeout=10)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return _error(503, "not_ready", f"not ready: {type(exc).__name__}: {exc}"[:500])
+            return error_response(503, "not_ready", f"not ready: {type(exc).__name__}: {exc}"[:500])
         if (embedder["model_id"], embedder["embedding_size"]) != (
                 searcher["model_id"], searcher["embedding_size"]) and searcher["faces"]:
-            return _error(503, "model_mismatch",
+            return error_response(503, "model_mismatch",
                           f"the gallery holds embeddings of {searcher['model_id']!r} but the "
                           f"embedder runs {embedder['model_id']!r}")
         if detector["crop_size"] != embedder["input_size"]:
-            return _error(503, "model_mismatch",
+            return error_response(503, "model_mismatch",
                           f"the detector crops {detector['crop_size']} px but the model takes "
                           f"{embedder['input_size']} px")
         return {"status": "ok", "model_id": embedder["model_id"],
@@ -618,12 +493,12 @@ class FaceAPI:
     @app.get("/", include_in_schema=False)
     async def page(self):
         if self._page is None:
-            return _error(404, "not_found", "the web page is not installed")
+            return error_response(404, "not_found", "the web page is not installed")
         return HTMLResponse(self._page)
 
     @app.get("/static/{filename}", include_in_schema=False)
     async def static(self, filename: str):
         path = (STATIC_DIR / filename).resolve()
         if path.parent != STATIC_DIR or not path.is_file():
-            return _error(404, "not_found", f"no static file {filename!r}")
+            return error_response(404, "not_found", f"no static file {filename!r}")
         return FileResponse(path)

@@ -4,8 +4,9 @@
       |-- Detector        DeploymentHandle
       |-- Embedder        DeploymentHandle (@serve.batch)
       |-- Searcher        DeploymentHandle
-      |-- GalleryWriter   DeploymentHandle (one replica)
-      `-- Thumbnailer     DeploymentHandle
+      |-- GalleryWriter   DeploymentHandle (one replica: every change, people decisions too)
+      |-- Thumbnailer     DeploymentHandle
+      `-- PeopleReader    DeploymentHandle
 
 ``facenet_platform.serve.app:build_app`` is the import path for ``serve run`` / ``serve deploy``
 and KubeRay's RayService; its ``args`` are :class:`~facenet_platform.serve.config.AppArgs`
@@ -22,13 +23,29 @@ from typing import Any, Union
 
 from ray.serve import Application
 
-from .config import DETECTOR, EMBEDDER, INGRESS, SEARCHER, THUMBNAILER, WRITER, AppArgs
+from .config import (
+    DETECTOR,
+    EMBEDDER,
+    INGRESS,
+    PEOPLE,
+    SEARCHER,
+    THUMBNAILER,
+    WRITER,
+    AppArgs,
+)
 
 
 def build_app(args: AppArgs) -> Application:
     """The bound application for ``args`` (an :class:`AppArgs` or a plain dict of its fields)."""
     from .api import FaceAPI
-    from .deployments import Detector, Embedder, GalleryWriter, Searcher, Thumbnailer
+    from .deployments import (
+        Detector,
+        Embedder,
+        GalleryWriter,
+        PeopleReader,
+        Searcher,
+        Thumbnailer,
+    )
 
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
@@ -43,8 +60,9 @@ def build_app(args: AppArgs) -> Application:
     writer = GalleryWriter.options(**options[WRITER]).bind(args.index_dir)
     thumbnailer = Thumbnailer.options(**options[THUMBNAILER]).bind(
         args.index_dir, cache_mb=args.thumbnail_cache_mb)
+    people = PeopleReader.options(**options[PEOPLE]).bind(args.index_dir)
     return FaceAPI.options(**options[INGRESS]).bind(
-        detector, embedder, searcher, writer, thumbnailer, args.model_dump())
+        detector, embedder, searcher, writer, thumbnailer, people, args.model_dump())
 
 
 def app_args(index_dir: str, **kwargs: Any) -> AppArgs:

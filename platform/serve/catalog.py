@@ -70,10 +70,13 @@ class PhotoRecord:
     faces: int
 
 
-def collection_version(manifest: dict) -> tuple:
-    """What changes when ``index build`` commits: the manifest's collection section stamp."""
-    section = manifest.get("collection") or {}
-    return (section.get("version"), section.get("updated_at"), section.get("faces"))
+def collection_version(layout) -> tuple:
+    """What changes when ``index build`` commits: ``(last commit seq, commits)`` of the
+    collection's commit log (one directory listing)."""
+    from facenet_platform.index.collection import CollectionStore
+
+    commits = CollectionStore(layout).commits()
+    return (commits[-1]["seq"], len(commits)) if commits else (0, 0)
 
 
 class PhotoCatalog:
@@ -106,11 +109,11 @@ class PhotoCatalog:
         """The live faces of ``index_dir`` (empty when it has no collection yet)."""
         from facenet_platform.index.collection import read_faces
         from facenet_platform.index.face_ids import face_ids
-        from facenet_platform.index.layout import IndexLayout, read_manifest
+        from facenet_platform.index.layout import IndexLayout
 
         layout = index_dir if isinstance(index_dir, IndexLayout) else IndexLayout.open(index_dir)
-        manifest = read_manifest(layout)
-        if "collection" not in manifest:
+        version = collection_version(layout)
+        if version == (0, 0):
             return cls.empty()
         table = read_faces(layout, columns=_COLUMNS)
         rows = {
@@ -127,8 +130,7 @@ class PhotoCatalog:
         # The same bytes under two paths are one photo (same faces): keep one row per face id.
         _, unique = np.unique(ids.astype(str), return_index=True)
         unique = np.sort(unique)
-        catalog = cls(ids[unique], {k: v[unique] for k, v in rows.items()},
-                      collection_version(manifest))
+        catalog = cls(ids[unique], {k: v[unique] for k, v in rows.items()}, version)
         logger.info("photo catalog: %d faces in %d photos", len(catalog), catalog.n_photos)
         return catalog
 
@@ -161,6 +163,10 @@ class PhotoCatalog:
             return PhotoRecord(pid, face.content_hash, face.path, face.width, face.height,
                                int(self._photo_counts[i]))
         return None
+
+    def content_hashes(self) -> set[str]:
+        """Content hashes of the live photos."""
+        return set(self._rows["content_hash"].tolist())
 
     def faces_of_photo(self, pid: str) -> list[FaceRecord]:
         """Every face of photo ``pid``, by face index."""

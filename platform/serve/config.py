@@ -21,11 +21,12 @@ from facenet_platform.core.errors import ConfigError
 from .auth import ADMIN_KEY_ENV, LEGACY_KEY_ENV, READ_KEY_ENV, AuthOptions
 
 #: Names of the deployments, as Serve shows them (and as a config's ``deployments:`` names them).
-INGRESS, DETECTOR, EMBEDDER, SEARCHER, WRITER, THUMBNAILER = (
-    "FaceAPI", "Detector", "Embedder", "Searcher", "GalleryWriter", "Thumbnailer")
+INGRESS, DETECTOR, EMBEDDER, SEARCHER, WRITER, THUMBNAILER, PEOPLE = (
+    "FaceAPI", "Detector", "Embedder", "Searcher", "GalleryWriter", "Thumbnailer",
+    "PeopleReader")
 #: Short names accepted by ``--replicas``/``--cpus``/``--gpus`` -> AppArgs field.
 ROLES: dict[str, str] = {"ingress": INGRESS, "detector": DETECTOR, "embedder": EMBEDDER,
-                         "searcher": SEARCHER, "thumbnailer": THUMBNAILER}
+                         "searcher": SEARCHER, "thumbnailer": THUMBNAILER, "people": PEOPLE}
 
 #: The single API key of earlier versions (an admin key); see :mod:`.auth` for the roles.
 API_KEY_ENV = LEGACY_KEY_ENV
@@ -36,9 +37,10 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # Default logical CPUs per replica. They add up to 1.75 so that the whole application fits on a
 # 2-CPU machine with one replica each; give the model deployments more where there are cores.
 _DEFAULT_CPUS = {INGRESS: 0.1, DETECTOR: 0.5, EMBEDDER: 1.0, SEARCHER: 0.1, WRITER: 0.05,
-                 THUMBNAILER: 0.1}
+                 THUMBNAILER: 0.1, PEOPLE: 0.1}
 # Requests a replica takes at once. The embedder needs at least a batch's worth to fill one.
-_DEFAULT_ONGOING = {INGRESS: 64, DETECTOR: 8, SEARCHER: 32, WRITER: 64, THUMBNAILER: 16}
+_DEFAULT_ONGOING = {INGRESS: 64, DETECTOR: 8, SEARCHER: 32, WRITER: 64, THUMBNAILER: 16,
+                    PEOPLE: 32}
 
 
 class DeploymentOptions(BaseModel):
@@ -121,8 +123,10 @@ class AppArgs(BaseModel):
         thumbnail_cache_mb: encoded JPEG thumbnails each thumbnailer replica keeps (LRU), MiB.
         auth: API keys (digests) and whether to serve without keys; see
             :mod:`facenet_platform.serve.auth`.
-        ingress, detector, embedder, searcher, thumbnailer: scaling of each deployment. The
-            gallery writer always runs exactly one replica: it is where changes are serialised.
+        ingress, detector, embedder, searcher, thumbnailer, people: scaling of each deployment
+            (``people``: the PeopleReader replicas that answer browsing). The gallery writer
+            always runs exactly one replica: every change (enrollment, people decision) is
+            serialised there.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -148,6 +152,7 @@ class AppArgs(BaseModel):
     embedder: DeploymentOptions = Field(default_factory=DeploymentOptions)
     searcher: DeploymentOptions = Field(default_factory=DeploymentOptions)
     thumbnailer: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    people: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
     @field_validator("index_dir")
     @classmethod
@@ -179,7 +184,7 @@ class AppArgs(BaseModel):
 
     def deployments(self) -> dict[str, DeploymentOptions]:
         return {INGRESS: self.ingress, DETECTOR: self.detector, EMBEDDER: self.embedder,
-                SEARCHER: self.searcher, THUMBNAILER: self.thumbnailer}
+                SEARCHER: self.searcher, THUMBNAILER: self.thumbnailer, PEOPLE: self.people}
 
     def serve_options(self) -> dict[str, dict[str, Any]]:
         """``Deployment.options()`` of every deployment, the writer's included."""
@@ -200,7 +205,7 @@ def parse_role_values(spec: str | None, what: str, *, allow_range: bool = False
     """``"2"`` (every model deployment) or ``"detector=2,embedder=1:4"`` -> ``{role: value}``.
 
     With ``allow_range``, ``MIN:MAX`` means autoscaling between the two and is returned as a
-    ``(min, max)`` tuple. Roles: ingress, detector, embedder, searcher, thumbnailer.
+    ``(min, max)`` tuple. Roles: ingress, detector, embedder, searcher, thumbnailer, people.
     """
     if spec is None or not spec.strip():
         return {}

@@ -10,7 +10,12 @@ deployment              job
 ``GalleryWriter``       the single writer: enroll / remove, one change at a time, saved atomically
 ``Thumbnailer``         face crops and downscaled photos as JPEG (LRU cache, ETags); reloads the
                         photo catalog when ``index build`` commits
+``PeopleReader``        the people for browsing: lists, one person, photos, history, search by
+                        face; polls the people HEAD (at most every 0.25 s) and reloads
 ======================  ==========================================================================
+
+The gallery writer also applies people decisions (one writer for every change), each recorded
+with its request's idempotency key.
 
 Each scales on its own (see :mod:`facenet_platform.serve.config`). Replies are plain picklable
 values; expected failures (a corrupt image, an unknown name) come back as :class:`Failure`
@@ -34,7 +39,7 @@ from ray import serve
 
 from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeError
 
-from .config import DETECTOR, EMBEDDER, SEARCHER, THUMBNAILER, WRITER
+from .config import DETECTOR, EMBEDDER, PEOPLE, SEARCHER, THUMBNAILER, WRITER
 
 logger = logging.getLogger(__name__)
 
@@ -413,8 +418,11 @@ class GalleryWriterImpl:
         self.layout = IndexLayout.open(index_dir)
         self._gallery = None
         self._lock = asyncio.Lock()
+        self._people = None  # (PeopleStore, DecisionLog), made on the first decision
         self.writes = 0
         self.failures = 0
+        self.decisions = 0
+        self.replayed = 0
 
     def _fresh(self, model: dict[str, Any] | None):
         gallery = self._gallery
@@ -508,8 +516,60 @@ class GalleryWriterImpl:
         async with self._lock:
             return await asyncio.to_thread(self.remove_sync, name)
 
+    # -- people decisions ----------------------------------------------------------------------
+
+    def decide_sync(self, kind: str, params: dict[str, Any], request_id: str
+                    ) -> dict[str, Any] | Failure:
+        """Apply one people decision (see :func:`.people_service.apply_decision`), once.
+
+        ``request_id`` (the client's ``Idempotency-Key`` or one the ingress made) is recorded
+        in the event; a request whose id is already in the log is answered with that event
+        (``replayed``) and changes nothing, so a retry after this replica died is safe.
+        """
+        from facenet_platform.core.errors import DatasetError
+        from facenet_platform.index.people_store import PeopleStore, event_tags
+
+        from .people_service import (
+            DecisionLog,
+            apply_decision,
+            dataset_failure,
+            event_json,
+            failure_of,
+        )
+
+        if self._people is None:
+            store = PeopleStore(self.layout)
+            self._people = (store, DecisionLog(store))
+        store, log = self._people
+        try:
+            prior = log.find(request_id)
+            if prior is not None:
+                self.replayed += 1
+                return {"event": event_json(prior), "people_version": store.version(),
+                        "replayed": True}
+            with event_tags(request_id=request_id):
+                event = apply_decision(store, kind, params)
+        except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
+            mapped = failure_of(exc)
+            if mapped is None and isinstance(exc, DatasetError):
+                mapped = dataset_failure(exc)
+            if mapped is None:
+                self.failures += 1
+                raise
+            return Failure(*mapped)
+        log.record(request_id, event)
+        self.decisions += event is not None
+        return {"event": event_json(event) if event else None,
+                "people_version": store.version(), "replayed": False}
+
+    async def decide(self, kind: str, params: dict[str, Any], request_id: str
+                     ) -> dict[str, Any] | Failure:
+        async with self._lock:
+            return await asyncio.to_thread(self.decide_sync, kind, params, request_id)
+
     def stats(self) -> dict[str, Any]:
-        return {"replica": _replica_id(), "writes": self.writes, "failures": self.failures}
+        return {"replica": _replica_id(), "writes": self.writes, "failures": self.failures,
+                "decisions": self.decisions, "replayed": self.replayed}
 
 
 GalleryWriter = serve.deployment(name=WRITER, num_replicas=1)(GalleryWriterImpl)
@@ -554,8 +614,6 @@ class ThumbnailerImpl:
 
     def catalog(self):
         """The current catalog (re-read when ``index build`` committed since)."""
-        from facenet_platform.index.layout import read_manifest
-
         from .catalog import PhotoCatalog, collection_version
 
         now = time.monotonic()
@@ -563,7 +621,7 @@ class ThumbnailerImpl:
             with self._lock:
                 if now - self._checked >= self.check_interval_s:
                     self._checked = now
-                    if collection_version(read_manifest(self.layout)) != self._catalog.version:
+                    if collection_version(self.layout) != self._catalog.version:
                         self._catalog = PhotoCatalog.load(self.layout)
                         self.reloads += 1
         return self._catalog
@@ -651,3 +709,98 @@ class ThumbnailerImpl:
 
 
 Thumbnailer = serve.deployment(name=THUMBNAILER)(ThumbnailerImpl)
+
+
+# ------------------------------------------------------------------------------------- people
+
+
+class PeopleReaderImpl:
+    """The people for browsing (lists, one person, photos, history, search by face).
+
+    Holds one :class:`~.people_service.PeopleView`; before a request it reads the people HEAD
+    (at most every ``check_interval_s``; always when the caller saw a newer version, e.g. its
+    own decision) and loads the new version when it changed, so every replica answers a
+    decision within ``check_interval_s`` of it, and its author at once.
+    """
+
+    def __init__(self, index_dir: str, check_interval_s: float = 0.25):
+        from facenet_platform.index.layout import IndexLayout
+        from facenet_platform.index.people_store import PeopleStore
+
+        from .catalog import PhotoCatalog
+
+        self.layout = IndexLayout.open(index_dir)
+        self.store = PeopleStore(self.layout)
+        self.check_interval_s = float(check_interval_s)
+        self._lock = threading.Lock()
+        self._catalog = PhotoCatalog.load(self.layout)
+        self._view = self._load()
+        self._checked = time.monotonic()
+        self.reloads = 0
+
+    def _load(self):
+        from .people_service import PeopleView
+
+        return PeopleView.load(self.store, self._catalog)
+
+    def view(self, min_version: int = 0):
+        """The current view (reloaded when the HEAD moved, or when ``min_version`` is newer)."""
+        from .catalog import PhotoCatalog, collection_version
+
+        now = time.monotonic()
+        if min_version > self._view.version or now - self._checked >= self.check_interval_s:
+            with self._lock:
+                if min_version > self._view.version or now - self._checked >= \
+                        self.check_interval_s:
+                    self._checked = now
+                    catalog_changed = collection_version(self.layout) != self._catalog.version
+                    if catalog_changed:
+                        self._catalog = PhotoCatalog.load(self.layout)
+                    if catalog_changed or self.store.version() != self._view.version:
+                        self._view = self._load()
+                        self.reloads += 1
+        return self._view
+
+    def _answer(self, fn):
+        from facenet_platform.core.errors import DatasetError
+
+        from .people_service import dataset_failure, failure_of
+
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
+            mapped = failure_of(exc)
+            if mapped is None and isinstance(exc, DatasetError):
+                mapped = dataset_failure(exc)
+            if mapped is None:
+                raise
+            return Failure(*mapped)
+
+    def list_people(self, which: str, min_faces: int, offset: int, limit: int,
+                    query: str | None, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).list_people(
+            which, min_faces=min_faces, offset=offset, limit=limit, query=query))
+
+    def person(self, ref: str, offset: int, limit: int, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).person(ref, offset=offset,
+                                                                  limit=limit))
+
+    def photos(self, ref: str, with_refs: list[str], offset: int, limit: int,
+               min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).photos(ref, with_refs,
+                                                                  offset=offset, limit=limit))
+
+    def history(self, limit: int, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).history(limit))
+
+    def search_face(self, embedding: np.ndarray, top_k: int, threshold: float | None):
+        return self._answer(lambda: self.view().search_face(embedding, top_k, threshold))
+
+    def stats(self) -> dict[str, Any]:
+        view = self.view()
+        return {"replica": _replica_id(), "people_version": view.version,
+                "people": len(view.state.people), "faces": len(view.state.faces),
+                "reloads": self.reloads}
+
+
+PeopleReader = serve.deployment(name=PEOPLE)(PeopleReaderImpl)
