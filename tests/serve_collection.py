@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +20,13 @@ def jpeg(image: np.ndarray, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def write_collection(index_dir: Path, photos: Sequence[tuple[Path, Sequence[Sequence[float]]]],
+def write_collection(index_dir: Path, photos: Sequence[tuple[Path, Sequence[Any]]],
                      embedding_size: int = 512, seed: int = 0) -> dict[str, str]:
-    """Commit a faces and files table for ``photos`` (each an existing image file and its face
-    boxes, highest score first) and the manifest's collection section.
+    """Commit a faces and files table for ``photos`` (each an existing image file and its
+    faces, highest score first) and the manifest's collection section.
+
+    A face is a box ``(x1, y1, x2, y2)`` (random embedding) or a face object of ``/v1/embed``
+    (``box``, ``landmarks``, ``score``, ``embedding``): what ``index build`` would store.
 
     Returns:
         ``{face id: source path}`` of every face written.
@@ -46,12 +49,19 @@ def write_collection(index_dir: Path, photos: Sequence[tuple[Path, Sequence[Sequ
         digest = hashlib.sha256(data).hexdigest()
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-        for i, box in enumerate(boxes):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            emb = rng.normal(size=embedding_size).astype(np.float32)
+        for i, face in enumerate(boxes):
+            if isinstance(face, dict):
+                x1, y1, x2, y2 = (float(v) for v in face["box"])
+                landmarks = [float(v) for xy in face["landmarks"] for v in xy]
+                score = float(face["score"])
+                emb = np.asarray(face["embedding"], np.float32)
+            else:
+                x1, y1, x2, y2 = (float(v) for v in face)
+                landmarks, score = [x1, y1] * 5, 0.99
+                emb = rng.normal(size=embedding_size).astype(np.float32)
             face_rows.append({
                 "path": str(path), "face_index": i, "box": [x1, y1, x2, y2],
-                "landmarks": [x1, y1] * 5, "score": 0.99, "embedding": emb / np.linalg.norm(emb),
+                "landmarks": landmarks, "score": score, "embedding": emb / np.linalg.norm(emb),
                 "model_id": "facenet-20180408-102900", "content_hash": digest,
                 "image_width": width, "image_height": height, "sharpness": 100.0,
                 "indexed_at": now.as_py(), "run_id": run_id})

@@ -526,16 +526,9 @@ class GalleryWriterImpl:
         in the event; a request whose id is already in the log is answered with that event
         (``replayed``) and changes nothing, so a retry after this replica died is safe.
         """
-        from facenet_platform.core.errors import DatasetError
         from facenet_platform.index.people_store import PeopleStore, event_tags
 
-        from .people_service import (
-            DecisionLog,
-            apply_decision,
-            dataset_failure,
-            event_json,
-            failure_of,
-        )
+        from .people_service import DecisionLog, apply_decision, event_json, failure_of
 
         if self._people is None:
             store = PeopleStore(self.layout)
@@ -550,9 +543,7 @@ class GalleryWriterImpl:
             with event_tags(request_id=request_id):
                 event = apply_decision(store, kind, params)
         except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
-            mapped = failure_of(exc)
-            if mapped is None and isinstance(exc, DatasetError):
-                mapped = dataset_failure(exc)
+            mapped = failure_of(exc, self.layout.root, self.index_dir)
             if mapped is None:
                 self.failures += 1
                 raise
@@ -762,16 +753,12 @@ class PeopleReaderImpl:
         return self._view
 
     def _answer(self, fn):
-        from facenet_platform.core.errors import DatasetError
-
-        from .people_service import dataset_failure, failure_of
+        from .people_service import failure_of
 
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
-            mapped = failure_of(exc)
-            if mapped is None and isinstance(exc, DatasetError):
-                mapped = dataset_failure(exc)
+            mapped = failure_of(exc, self.layout.root)
             if mapped is None:
                 raise
             return Failure(*mapped)

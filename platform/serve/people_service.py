@@ -69,14 +69,26 @@ PEOPLE_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 
 
-def failure_of(exc: BaseException) -> Optional[tuple[int, str, str]]:
-    """``(status, code, message)`` of a people error, or None when it is not one."""
+def redact(message: str, *paths: str) -> str:
+    """``message`` without the server's ``paths`` (the index directory): a client never
+    learns where the service keeps its data. CLI hints such as ``--index DIR`` keep working
+    as hints."""
+    for path in sorted({p for p in paths if p}, key=len, reverse=True):
+        message = message.replace(path, "INDEX_DIR")
+    return message
+
+
+def failure_of(exc: BaseException, *paths: str) -> Optional[tuple[int, str, str]]:
+    """``(status, code, message)`` of a people error, or None when it is not one; ``paths``
+    are removed from the message (see :func:`redact`)."""
     for cls, status, code in PEOPLE_ERRORS:
         if isinstance(exc, cls):
             message = str(exc)
             if isinstance(exc, KeyError) and message.startswith("'"):
                 message = message.strip("'")
-            return status, code, message
+            return status, code, redact(message, *paths)
+    if isinstance(exc, DatasetError):
+        return dataset_failure(exc, *paths)
     return None
 
 
@@ -322,6 +334,6 @@ def apply_decision(store: PeopleStore, kind: str, params: dict[str, Any]) -> Opt
     raise ConfigError(f"unknown decision {kind!r}; one of {', '.join(DECISIONS)}")
 
 
-def dataset_failure(exc: DatasetError) -> tuple[int, str, str]:
+def dataset_failure(exc: DatasetError, *paths: str) -> tuple[int, str, str]:
     """A people store that cannot answer (no search index yet, damaged files)."""
-    return 409, "not_ready", str(exc).splitlines()[0]
+    return 409, "not_ready", redact(str(exc).splitlines()[0], *paths)

@@ -107,10 +107,10 @@ _bearer = HTTPBearer(auto_error=False, description="a read or admin API key as a
 _KEYRING: Optional[KeyRing] = None
 
 
-def install_keyring(keyring: KeyRing) -> None:
-    """Use ``keyring`` for every request of this process (the ingress replica)."""
+def install_keyring(ring: KeyRing) -> None:
+    """Use ``ring`` for every request of this process (the ingress replica)."""
     global _KEYRING
-    _KEYRING = keyring
+    _KEYRING = ring
 
 
 def keyring() -> Optional[KeyRing]:
@@ -122,11 +122,14 @@ def _require(role: str):
 
     def check(x_api_key: Optional[str] = Security(_key_header),
               bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> str:
-        if _KEYRING is None:
+        # Through keyring(), a module function: Serve ships this closure to the replica by
+        # value (with a copy of the globals it names), the module's own _KEYRING is there.
+        ring = keyring()
+        if ring is None:
             raise ApiError(503, "not_ready", "the service is starting")
         given = x_api_key or (bearer.credentials if bearer else None)
         try:
-            return _KEYRING.authorize(given, role)
+            return ring.authorize(given, role)
         except AuthDenied as denied:
             raise ApiError(denied.status, denied.code, denied.message) from None
 
