@@ -604,7 +604,14 @@ def test_web_page_in_headless_chromium(service, astronaut, tmp_path):
         browser.call("Page.enable")
         browser.call("Page.navigate", url=service.url + "/")
         browser.wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
-        browser.eval(f"document.getElementById('apikey').value = {json.dumps(API_KEY)}")
+        # The page asks for the key once and keeps it in the tab's sessionStorage.
+        assert browser.eval("document.getElementById('key-dialog').open")
+        browser.eval(f"sessionStorage.setItem('facenet_api_key', {json.dumps(API_KEY)})")
+        browser.eval("location.hash = '#/identify'; location.reload()")
+        time.sleep(0.5)
+        browser.wait_for("document.readyState === 'complete' && "
+                         "!document.getElementById('identify-view').hidden")
+        assert not browser.eval("document.getElementById('key-dialog').open")
 
         # Upload a photo: one face, nobody enrolled under it yet.
         browser.set_file("#file", photo)

@@ -226,9 +226,9 @@ function personCard(p) {
   body.className = "body";
   const input = document.createElement("input");
   input.className = "name-input";
-  input.placeholder = "unnamed · type a name";
+  input.placeholder = "unnamed";
   input.value = p.name || "";
-  input.setAttribute("aria-label", `Name of ${p.id}`);
+  input.setAttribute("aria-label", `Name of ${p.id} (type a name, then Enter)`);
   input.maxLength = 200;
   input.addEventListener("keydown", async (event) => {
     if (event.key === "Escape") { input.value = p.name || ""; input.blur(); }
@@ -296,7 +296,7 @@ function faceTile(face) {
   b.append(lazyImage(faceUrl(face.face_id, 128), ""));
   const q = document.createElement("span");
   q.className = "quality";
-  q.textContent = face.quality.toFixed(2) + (face.pinned ? " 📌" : "");
+  q.textContent = face.quality.toFixed(2) + (face.pinned ? " · pinned" : "");
   b.append(q);
   b.addEventListener("click", () => {
     if (person.selected.has(face.face_id)) person.selected.delete(face.face_id);
@@ -549,9 +549,89 @@ function renderIdentified() {
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = face.reason ? `reason: ${face.reason}` : "";
-    li.append(meta);
+    // Enroll this face under a name (admin key): it names the person at once.
+    const form = document.createElement("form");
+    form.className = "enroll";
+    const input = document.createElement("input");
+    input.className = "enroll-name";
+    input.placeholder = "name";
+    input.required = true;
+    input.maxLength = 200;
+    input.setAttribute("aria-label", `Enroll face ${i + 1} as`);
+    input.value = face.decision === "unknown" ? "" : face.decision;
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = "Enroll this face";
+    form.append(input, button);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      enrollFace(i, input.value.trim());
+    });
+    li.append(meta, form);
     list.append(li);
   });
+}
+
+function faceCrop(face) {
+  // The face with a wide margin, so that the detector finds it again as the main face.
+  const bitmap = ident.bitmap;
+  const [x1, y1, x2, y2] = face.box;
+  const w = x2 - x1, h = y2 - y1;
+  const left = Math.max(0, Math.floor(x1 - 0.6 * w)), top = Math.max(0, Math.floor(y1 - 0.6 * h));
+  const right = Math.min(bitmap.width, Math.ceil(x2 + 0.6 * w));
+  const bottom = Math.min(bitmap.height, Math.ceil(y2 + 0.6 * h));
+  const canvas = document.createElement("canvas");
+  canvas.width = right - left;
+  canvas.height = bottom - top;
+  canvas.getContext("2d").drawImage(bitmap, left, top, canvas.width, canvas.height,
+                                    0, 0, canvas.width, canvas.height);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.95));
+}
+
+async function enrollFace(index, name) {
+  if (!name) return;
+  const blob = ident.faces.length > 1 && ident.bitmap ? await faceCrop(ident.faces[index])
+                                                       : ident.file;
+  const form = new FormData();
+  form.append("file", blob, `face-${index + 1}.jpg`);
+  const result = await action(`Enrolling face ${index + 1} as ${name}`,
+    () => api("POST", `v1/identities/${enc(name)}/faces`, { body: form }));
+  if (result === undefined) return;
+  await identify();
+  await loadIdentities();
+  if ($("status").dataset.state === "done") {
+    setStatus(`${name}: ${result.faces} face(s) enrolled` +
+              (result.added ? "" : " (this photo was already enrolled)") + ". " +
+              $("status").textContent, "done");
+  }
+}
+
+async function loadIdentities() {
+  const list = $("identities");
+  let result;
+  try { result = await api("GET", "v1/identities"); } catch (error) { return; }
+  list.replaceChildren();
+  $("identities-count").textContent = `(${result.count})`;
+  for (const who of result.identities) {
+    const li = document.createElement("li");
+    li.dataset.name = who.name;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "quiet small";
+    remove.textContent = "forget";
+    remove.setAttribute("aria-label", `forget ${who.name}`);
+    remove.addEventListener("click", async () => {
+      const ok = await confirmAction(`Forget ${who.name}?`,
+        `Every enrolled photo of ${who.name} is deleted from the gallery.`, "Forget");
+      if (!ok) return;
+      const done = await action(`Forgetting ${who.name}`,
+        () => api("DELETE", `v1/identities/${enc(who.name)}`));
+      if (done !== undefined) { setStatus(`${who.name} forgotten.`, "done"); loadIdentities(); }
+    });
+    li.append(`${who.name} `, Object.assign(document.createElement("span"),
+      { className: "meta", textContent: `${who.faces} photo(s) ` }), remove);
+    list.append(li);
+  }
 }
 
 async function identify() {
@@ -590,6 +670,7 @@ function route() {
   }
   if (view === "person" && arg) showPerson(decodeURIComponent(arg));
   else if (view === "people") showPeople();
+  else if (view === "identify") loadIdentities();
   if (!["people", "person", "search", "identify"].includes(view)) location.hash = "#/people";
 }
 
