@@ -15,7 +15,6 @@ import yaml
 from facenet_platform.core.errors import ConfigError
 from facenet_platform.serve import uploads
 from facenet_platform.serve.config import (
-    API_KEY_ENV,
     AppArgs,
     apply_cli_scaling,
     parse_role_values,
@@ -167,14 +166,14 @@ def test_serve_config_is_valid_for_ray_and_builds(tmp_path):
     args = apply_cli_scaling(AppArgs(index_dir=str(tmp_path / "idx"), max_batch_size=8),
                              "embedder=1:3", None, None)
     text = serve_config_yaml(args, port=8123)
-    assert API_KEY_ENV in text  # the comment says how to set it...
+    assert "FACENET_ADMIN_KEY" in text and "read_key_sha256" in text  # how to set keys...
     config = yaml.safe_load(text)
     ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay accept
     app = config["applications"][0]
     assert app["import_path"] == "facenet_platform.serve.app:build_app"
     assert app["args"] == {"index_dir": str(tmp_path / "idx"), "max_batch_size": 8}
     names = [d["name"] for d in app["deployments"]]
-    assert names == ["FaceAPI", "Detector", "Embedder", "Searcher", "GalleryWriter"]
+    assert names == ["FaceAPI", "Detector", "Embedder", "Searcher", "Thumbnailer", "GalleryWriter"]
     # Serve validates `args:` into the builder's pydantic annotation; a plain dict works too.
     built = build_app(AppArgs.model_validate(app["args"]))
     assert type(built).__name__ == "Application"

@@ -35,6 +35,7 @@ decides what changes (decisions, ``people update``) and hands the store a new st
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -61,6 +62,7 @@ __all__ = [
     "DIFF_SCHEMA", "Event", "FACES_SCHEMA", "FaceTable", "PEOPLE_SCHEMA", "PeopleBusyError",
     "PeopleError", "PeopleState", "PeopleStore", "Person", "REJECTIONS_SCHEMA", "Templates",
     "UndoConflictError", "UnknownFaceError", "UnknownPersonError", "check_person_name",
+    "event_tags",
     "templates_schema",
 ]
 
@@ -645,6 +647,22 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+_EVENT_TAGS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "people_event_tags", default={})
+
+
+@contextmanager
+def event_tags(**tags: Any) -> Iterator[None]:
+    """Add ``tags`` to the ``args`` of every event committed inside the block (in this thread
+    or task). The Serve writer records each request's idempotency key this way, so that a
+    decision retried after a crash is found in the log instead of being applied twice."""
+    token = _EVENT_TAGS.set({**_EVENT_TAGS.get(), **tags})
+    try:
+        yield
+    finally:
+        _EVENT_TAGS.reset(token)
+
+
 class PeopleStore:
     """The people of one index directory (see the module doc).
 
@@ -891,8 +909,8 @@ class PeopleStore:
             search_index = dict(tx.search_index_file)
         pq.write_table(diff, self._path(f"events/{version:08d}.diff.parquet"),
                        filesystem=self.fs, compression="zstd")
-        event = Event(version, tx.kind, _now(), tx.args, tx.summary, changes, tx.undoes,
-                      socket.gethostname(), os.getpid())
+        event = Event(version, tx.kind, _now(), {**tx.args, **_EVENT_TAGS.get()}, tx.summary,
+                      changes, tx.undoes, socket.gethostname(), os.getpid())
         self.layout.write_bytes_atomic(self._path(f"events/{version:08d}.json"),
                                        (json.dumps(event.to_dict(), indent=1) + "\n").encode())
         after.version = version

@@ -8,7 +8,14 @@ deployment              job
                         (a batch is counted in faces, not requests)
 ``Searcher``            the gallery's FAISS index: top-k identities; reloads on a version bump
 ``GalleryWriter``       the single writer: enroll / remove, one change at a time, saved atomically
+``Thumbnailer``         face crops and downscaled photos as JPEG (LRU cache, ETags); reloads the
+                        photo catalog when ``index build`` commits
+``PeopleReader``        the people for browsing: lists, one person, photos, history, search by
+                        face; polls the people HEAD (at most every 0.25 s) and reloads
 ======================  ==========================================================================
+
+The gallery writer also applies people decisions (one writer for every change), each recorded
+with its request's idempotency key.
 
 Each scales on its own (see :mod:`facenet_platform.serve.config`). Replies are plain picklable
 values; expected failures (a corrupt image, an unknown name) come back as :class:`Failure`
@@ -32,7 +39,7 @@ from ray import serve
 
 from facenet_platform.core.errors import ConfigError, ImageError
 
-from .config import DETECTOR, EMBEDDER, SEARCHER, WRITER
+from .config import DETECTOR, EMBEDDER, PEOPLE, SEARCHER, THUMBNAILER, WRITER
 from .http_errors import Failure, failure_for
 
 logger = logging.getLogger(__name__)
@@ -405,8 +412,11 @@ class GalleryWriterImpl:
         self.layout = IndexLayout.open(index_dir)
         self._gallery = None
         self._lock = asyncio.Lock()
+        self._people = None  # (PeopleStore, DecisionLog), made on the first decision
         self.writes = 0
         self.failures = 0
+        self.decisions = 0
+        self.replayed = 0
 
     def _fresh(self, model: dict[str, Any] | None):
         gallery = self._gallery
@@ -507,8 +517,278 @@ class GalleryWriterImpl:
         async with self._lock:
             return await asyncio.to_thread(self.remove_sync, name)
 
+    # -- people decisions ----------------------------------------------------------------------
+
+    def decide_sync(self, kind: str, params: dict[str, Any], request_id: str
+                    ) -> dict[str, Any] | Failure:
+        """Apply one people decision (see :func:`.people_service.apply_decision`), once.
+
+        ``request_id`` (the client's ``Idempotency-Key`` or one the ingress made) is recorded
+        in the event; a request whose id is already in the log is answered with that event
+        (``replayed``) and changes nothing, so a retry after this replica died is safe.
+        """
+        from facenet_platform.index.people_store import PeopleStore, event_tags
+
+        from .people_service import DecisionLog, apply_decision, event_json, failure_of
+
+        if self._people is None:
+            store = PeopleStore(self.layout)
+            self._people = (store, DecisionLog(store))
+        store, log = self._people
+        try:
+            prior = log.find(request_id)
+            if prior is not None:
+                self.replayed += 1
+                return {"event": event_json(prior), "people_version": store.version(),
+                        "replayed": True}
+            with event_tags(request_id=request_id):
+                event = apply_decision(store, kind, params)
+        except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
+            mapped = failure_of(exc, self.layout.root, self.index_dir)
+            if mapped is None:
+                self.failures += 1
+                raise
+            return Failure(*mapped)
+        log.record(request_id, event)
+        self.decisions += event is not None
+        return {"event": event_json(event) if event else None,
+                "people_version": store.version(), "replayed": False}
+
+    async def decide(self, kind: str, params: dict[str, Any], request_id: str
+                     ) -> dict[str, Any] | Failure:
+        async with self._lock:
+            return await asyncio.to_thread(self.decide_sync, kind, params, request_id)
+
     def stats(self) -> dict[str, Any]:
-        return {"replica": _replica_id(), "writes": self.writes, "failures": self.failures}
+        return {"replica": _replica_id(), "writes": self.writes, "failures": self.failures,
+                "decisions": self.decisions, "replayed": self.replayed}
 
 
 GalleryWriter = serve.deployment(name=WRITER, num_replicas=1)(GalleryWriterImpl)
+
+
+# ---------------------------------------------------------------------------------- thumbnails
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A JPEG thumbnail, or (``data`` None) the answer that the client's copy is current."""
+
+    data: bytes | None
+    etag: str
+    size: int
+
+
+class ThumbnailerImpl:
+    """Face crops and downscaled photos of the collection, as JPEG, with an LRU cache.
+
+    The photo catalog (face id / photo id -> source file and box) is read from the index's live
+    faces table and read again when the manifest's collection stamp changes (checked at most
+    every ``check_interval_s``). Sync methods: Serve runs them in its thread pool.
+    """
+
+    def __init__(self, index_dir: str, cache_mb: float = 64.0, check_interval_s: float = 0.5):
+        from facenet_platform.index.layout import IndexLayout
+
+        from .catalog import PhotoCatalog
+        from .thumbnails import ThumbnailCache
+
+        self.index_dir = index_dir
+        self.layout = IndexLayout.open(index_dir)
+        self.check_interval_s = float(check_interval_s)
+        self._lock = threading.Lock()
+        self._catalog = PhotoCatalog.load(self.layout)
+        self._checked = time.monotonic()
+        self.cache = ThumbnailCache(int(cache_mb * 1024 * 1024))
+        self.reloads = 0
+        self.encoded = 0
+        self.not_modified = 0
+
+    def catalog(self):
+        """The current catalog (re-read when ``index build`` committed since)."""
+        from .catalog import PhotoCatalog, collection_version
+
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval_s:
+            with self._lock:
+                if now - self._checked >= self.check_interval_s:
+                    self._checked = now
+                    if collection_version(self.layout) != self._catalog.version:
+                        self._catalog = PhotoCatalog.load(self.layout)
+                        self.reloads += 1
+        return self._catalog
+
+    def _image(self, record, label: str) -> np.ndarray | Failure:
+        from facenet_platform.core.images import decode_image
+
+        from .catalog import read_source
+
+        try:
+            data = read_source(record.path)
+        except OSError as exc:
+            logger.warning("thumbnail of %s: cannot read its source file: %s", label, exc)
+            return Failure(410, "photo_unavailable",
+                           f"{label}: its photo is no longer readable by the service (moved or "
+                           "deleted since it was indexed; run index build again)")
+        try:
+            return decode_image(data, source=label)
+        except ImageError as exc:
+            return Failure(410, "photo_unavailable", str(exc))
+
+    def _serve(self, key: tuple, etag: str, size: int, if_none_match: str | None,
+               render) -> Thumbnail | Failure:
+        if if_none_match and etag in {t.strip() for t in if_none_match.split(",")}:
+            self.not_modified += 1
+            return Thumbnail(None, etag, size)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Thumbnail(cached[1], etag, size)
+        data = render()
+        if isinstance(data, Failure):
+            return data
+        self.cache.put(key, etag, data)
+        self.encoded += 1
+        return Thumbnail(data, etag, size)
+
+    def face(self, fid: str, size: int, if_none_match: str | None = None
+             ) -> Thumbnail | Failure:
+        """JPEG crop of face ``fid`` (a checked face id), ``size`` px square (a bucket)."""
+        from .thumbnails import etag_of, face_thumbnail
+
+        record = self.catalog().face(fid)
+        if record is None:
+            return Failure(404, "unknown_face", f"no face {fid} in the collection")
+        etag = etag_of("face", record.content_hash, record.box, size)
+
+        def render():
+            image = self._image(record, f"face {fid}")
+            return image if isinstance(image, Failure) else face_thumbnail(image, record.box,
+                                                                           size)
+
+        return self._serve(("face", fid, size), etag, size, if_none_match, render)
+
+    def photo(self, pid: str, size: int, if_none_match: str | None = None
+              ) -> Thumbnail | Failure:
+        """JPEG of photo ``pid`` (a checked photo id), longer side at most ``size`` px."""
+        from .thumbnails import etag_of, photo_thumbnail
+
+        record = self.catalog().photo(pid)
+        if record is None:
+            return Failure(404, "unknown_photo", f"no photo {pid} in the collection")
+        etag = etag_of("photo", record.content_hash, size)
+
+        def render():
+            image = self._image(record, f"photo {pid}")
+            return image if isinstance(image, Failure) else photo_thumbnail(image, size)
+
+        return self._serve(("photo", pid, size), etag, size, if_none_match, render)
+
+    def photo_info(self, pid: str) -> dict[str, Any] | Failure:
+        """Size and faces (ids, boxes) of photo ``pid``; never its path."""
+        catalog = self.catalog()
+        record = catalog.photo(pid)
+        if record is None:
+            return Failure(404, "unknown_photo", f"no photo {pid} in the collection")
+        return {"photo_id": pid, "width": record.width, "height": record.height,
+                "faces": [{"face_id": f.face_id, "box": [round(v, 1) for v in f.box]}
+                          for f in catalog.faces_of_photo(pid)]}
+
+    def stats(self) -> dict[str, Any]:
+        catalog = self.catalog()
+        return {"replica": _replica_id(), "faces": len(catalog), "photos": catalog.n_photos,
+                "reloads": self.reloads, "encoded": self.encoded,
+                "not_modified": self.not_modified, "cache": self.cache.stats()}
+
+
+Thumbnailer = serve.deployment(name=THUMBNAILER)(ThumbnailerImpl)
+
+
+# ------------------------------------------------------------------------------------- people
+
+
+class PeopleReaderImpl:
+    """The people for browsing (lists, one person, photos, history, search by face).
+
+    Holds one :class:`~.people_service.PeopleView`; before a request it reads the people HEAD
+    (at most every ``check_interval_s``; always when the caller saw a newer version, e.g. its
+    own decision) and loads the new version when it changed, so every replica answers a
+    decision within ``check_interval_s`` of it, and its author at once.
+    """
+
+    def __init__(self, index_dir: str, check_interval_s: float = 0.25):
+        from facenet_platform.index.layout import IndexLayout
+        from facenet_platform.index.people_store import PeopleStore
+
+        from .catalog import PhotoCatalog
+
+        self.layout = IndexLayout.open(index_dir)
+        self.store = PeopleStore(self.layout)
+        self.check_interval_s = float(check_interval_s)
+        self._lock = threading.Lock()
+        self._catalog = PhotoCatalog.load(self.layout)
+        self._view = self._load()
+        self._checked = time.monotonic()
+        self.reloads = 0
+
+    def _load(self):
+        from .people_service import PeopleView
+
+        return PeopleView.load(self.store, self._catalog)
+
+    def view(self, min_version: int = 0):
+        """The current view (reloaded when the HEAD moved, or when ``min_version`` is newer)."""
+        from .catalog import PhotoCatalog, collection_version
+
+        now = time.monotonic()
+        if min_version > self._view.version or now - self._checked >= self.check_interval_s:
+            with self._lock:
+                if min_version > self._view.version or now - self._checked >= \
+                        self.check_interval_s:
+                    self._checked = now
+                    catalog_changed = collection_version(self.layout) != self._catalog.version
+                    if catalog_changed:
+                        self._catalog = PhotoCatalog.load(self.layout)
+                    if catalog_changed or self.store.version() != self._view.version:
+                        self._view = self._load()
+                        self.reloads += 1
+        return self._view
+
+    def _answer(self, fn):
+        from .people_service import failure_of
+
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - mapped below, or re-raised
+            mapped = failure_of(exc, self.layout.root)
+            if mapped is None:
+                raise
+            return Failure(*mapped)
+
+    def list_people(self, which: str, min_faces: int, offset: int, limit: int,
+                    query: str | None, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).list_people(
+            which, min_faces=min_faces, offset=offset, limit=limit, query=query))
+
+    def person(self, ref: str, offset: int, limit: int, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).person(ref, offset=offset,
+                                                                  limit=limit))
+
+    def photos(self, ref: str, with_refs: list[str], offset: int, limit: int,
+               min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).photos(ref, with_refs,
+                                                                  offset=offset, limit=limit))
+
+    def history(self, limit: int, min_version: int = 0):
+        return self._answer(lambda: self.view(min_version).history(limit))
+
+    def search_face(self, embedding: np.ndarray, top_k: int, threshold: float | None):
+        return self._answer(lambda: self.view().search_face(embedding, top_k, threshold))
+
+    def stats(self) -> dict[str, Any]:
+        view = self.view()
+        return {"replica": _replica_id(), "people_version": view.version,
+                "people": len(view.state.people), "faces": len(view.state.faces),
+                "reloads": self.reloads}
+
+
+PeopleReader = serve.deployment(name=PEOPLE)(PeopleReaderImpl)
