@@ -68,6 +68,7 @@ computed once and cached in ``benchmarks/out/wild_source_faces.parquet``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -209,8 +210,10 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
+@functools.lru_cache(maxsize=1)
 def load_backgrounds() -> dict[str, tuple[np.ndarray, SourceFaces]]:
-    """scikit-image's photos and textures (RGB uint8) with their faces (score filtered)."""
+    """scikit-image's photos and textures (RGB uint8) with their faces (score filtered); read
+    and detected once per process (callers must not modify them)."""
     from skimage import data
 
     from facenet_platform.core.detection import FaceDetector
@@ -245,6 +248,7 @@ class PhotoPlan:
     height: int
     subjects: list[tuple[str, str]]        # (name, LFW relative path)
     strangers: list[tuple[str, str]]
+    scale: float = 1.0                     # canvas and face sizes x scale (``--scale``)
 
 
 def _choice(rng: np.random.Generator, table) -> Any:
@@ -254,7 +258,7 @@ def _choice(rng: np.random.Generator, table) -> Any:
 
 
 def plan_photos(people_images: dict[str, list[str]], singles: list[tuple[str, str]],
-                seed: int) -> list[PhotoPlan]:
+                seed: int, scale: float = 1.0) -> list[PhotoPlan]:
     """Assign each subject image to a photo (people of a circle together) and strangers."""
     rng = np.random.default_rng([seed, 0])
     names = list(people_images)
@@ -295,8 +299,8 @@ def plan_photos(people_images: dict[str, list[str]], singles: list[tuple[str, st
         (width, height) = _choice(rng, CANVASES)
         n_strangers = min(_choice(rng, STRANGERS_PER_PHOTO), len(stranger_pool))
         strangers = [stranger_pool.pop() for _ in range(n_strangers)]
-        plans.append(PhotoPlan(len(plans), width, height,
-                               [(n, remaining[n].pop()) for n in chosen], strangers))
+        plans.append(PhotoPlan(len(plans), int(round(width * scale)), int(round(height * scale)),
+                               [(n, remaining[n].pop()) for n in chosen], strangers, scale))
     return plans
 
 
@@ -544,14 +548,15 @@ def render_photo(plan: PhotoPlan, lfw_dir: Path, sources: dict[str, SourceFaces]
         if faces.central < 0:
             continue
         if rng.random() < 0.7:
-            px = float(np.exp(rng.uniform(*np.log(SMALL_STRANGER_FACE_PX))))
+            px = float(np.exp(rng.uniform(*np.log(SMALL_STRANGER_FACE_PX)))) * plan.scale
             blur = float(rng.uniform(0.3, 1.2)) if rng.random() < 0.5 else 0.0
         else:
-            px = float(rng.uniform(*BLURRED_STRANGER_FACE_PX))
+            px = float(rng.uniform(*BLURRED_STRANGER_FACE_PX)) * plan.scale
             blur = float(rng.uniform(1.5, 3.5) * px / 60)
         add(make_layer(_read_rgb(root / src), faces, src, "stranger", name, px, rng, blur=blur))
     hi = SUBJECT_FACE_PX[1] if len(plan.subjects) <= 3 else CROWDED_MAX_FACE_PX
-    sizes = np.exp(rng.uniform(math.log(SUBJECT_FACE_PX[0]), math.log(hi), len(plan.subjects)))
+    sizes = np.exp(rng.uniform(math.log(SUBJECT_FACE_PX[0]), math.log(hi),
+                               len(plan.subjects))) * plan.scale
     for (name, src), px in sorted(zip(plan.subjects, sizes), key=lambda t: t[1]):
         faces = sources[src]
         if faces.central < 0:
@@ -703,7 +708,7 @@ def size_distribution(values: np.ndarray) -> dict[str, int]:
 
 
 def generate(lfw_dir: Path, out_dir: Path, *, people: int = 300, per_person: int = 6,
-             min_images: int = 4, seed: int = 0, workers: int = 1,
+             min_images: int = 4, seed: int = 0, scale: float = 1.0, workers: int = 1,
              source_cache: Path | None = DEFAULT_SOURCE_CACHE) -> dict[str, Any]:
     """Write the set to ``out_dir`` (photos/, labels.parquet, manifest.json); returns the
     manifest. Deterministic for the same LFW, arguments and library versions."""
@@ -727,7 +732,8 @@ def generate(lfw_dir: Path, out_dir: Path, *, people: int = 300, per_person: int
         people_images[n] = ok[:per_person]
     people_images = {n: v for n, v in people_images.items() if v}
     # strangers: detect lazily, only as many as the plan uses
-    plans = plan_photos(people_images, [(n, lfw[n][0]) for n in singles[:n_strangers_max]], seed)
+    plans = plan_photos(people_images, [(n, lfw[n][0]) for n in singles[:n_strangers_max]], seed,
+                        scale)
     used_strangers = [s for p in plans for _, s in p.strangers]
     sources.update(detect_sources(lfw_dir, used_strangers, source_cache))
     t_plan = time.perf_counter() - t0
@@ -769,10 +775,10 @@ def generate(lfw_dir: Path, out_dir: Path, *, people: int = 300, per_person: int
     manifest = {
         "generator": "benchmarks/wild_set.py", "version": GENERATOR_VERSION,
         "params": {"people": people, "per_person": per_person, "min_images": min_images,
-                   "seed": seed, "lfw_dir": str(lfw_dir)},
+                   "seed": seed, "scale": scale, "lfw_dir": str(lfw_dir)},
         "photos": len(plans),
-        "canvas_sizes": {f"{w}x{h}": int(np.sum((sizes[:, 0] == w) & (sizes[:, 1] == h)))
-                         for (w, h), _ in CANVASES},
+        "canvas_sizes": {f"{w}x{h}": int(k) for (w, h), k in zip(
+            *np.unique(sizes, axis=0, return_counts=True))},
         "people": int(len(per_person_counts)),
         "subject_faces": int(subj.sum()),
         "photos_per_person": {"min": int(per_person_counts.min()),
@@ -805,13 +811,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--per-person", type=int, default=6, help="photos per person at most")
     ap.add_argument("--min-images", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="canvas and face sizes x this (0.5: 800x600 photos, subjects' faces "
+                         "15-100 px)")
     ap.add_argument("--workers", type=int, default=1, help="rendering processes")
     ap.add_argument("--source-cache", type=Path, default=DEFAULT_SOURCE_CACHE)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     lfw_dir = args.lfw_dir or Path(default_lfw_dir())
     manifest = generate(lfw_dir, args.out, people=args.people, per_person=args.per_person,
-                        min_images=args.min_images, seed=args.seed, workers=args.workers,
+                        min_images=args.min_images, seed=args.seed, scale=args.scale,
+                        workers=args.workers,
                         source_cache=args.source_cache)
     print(f"command: {' '.join(sys.argv)}")
     print(json.dumps(manifest, indent=2))
