@@ -175,6 +175,108 @@ def open_set_scores(probe_person, probe_d, probe_true, impostor_d, rates=(0.01, 
     return out
 
 
+def identification_scores(emb: np.ndarray, identity: np.ndarray, gallery: np.ndarray,
+                          probes: np.ndarray, impostor_sets: dict[str, np.ndarray],
+                          fixed: float | None) -> dict[str, Any]:
+    """Open-set scores of both templates (``single``, ``mean``) for each impostor set."""
+    out: dict[str, Any] = {}
+    if not (gallery.any() and probes.any()):
+        return out
+    gids = identity[gallery].astype(str)
+    truth = identity[probes].astype(str)
+    for method in ("single", "mean"):
+        pp, pd = nearest_person(emb[probes], emb[gallery], gids, method)
+        res = {}
+        for name, sel in impostor_sets.items():
+            if sel.any():
+                _, idd = nearest_person(emb[sel], emb[gallery], gids, method)
+                res[name] = open_set_scores(pp, pd, truth, idd, fixed=fixed)
+        out[method] = res
+    return out
+
+
+def _identify_threshold() -> float | None:
+    try:
+        from facenet_platform.core.weights import PRETRAINED
+
+        return float(PRETRAINED.identify_threshold)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _central(boxes: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """``select_central_face``'s score per face (larger: more central and larger)."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    dx = (boxes[:, 0] + boxes[:, 2]) / 2 - width / 2
+    dy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
+    return area - 2 * (dx * dx + dy * dy)
+
+
+def lfw_baseline(set_dir: Path, index_dir: Path, num_cpus: int, wild: dict[str, Any],
+                 build: bool = True) -> dict[str, Any]:
+    """The same subjects and strangers from their clean LFW originals (250 px, the central face
+    of each, as the LFW protocol): ``index build`` of those images, the same clustering (the
+    defaults of ``index cluster``, over the central faces) and the same identification split
+    (gallery: the source images of the wild gallery faces; probes: those of the wild probes)."""
+    import pyarrow.parquet as pq
+
+    from facenet_platform.index.build import BuildOptions, build_index
+    from facenet_platform.index.collection import read_faces
+
+    cl = _clusters_module()
+    manifest = json.loads((set_dir / "manifest.json").read_text())
+    root = Path(manifest["params"]["lfw_dir"]).resolve() / "lfw-deepfunneled"
+    labels = pq.read_table(set_dir / "labels.parquet",
+                           columns=["role", "identity", "source"]).to_pylist()
+    planted = {r["source"]: r for r in labels if r["role"] in ("subject", "stranger")}
+    info = None
+    if build:
+        listing = Path(f"{index_dir}.txt")
+        listing.write_text("".join(f"{root / s}\n" for s in sorted(planted)))
+        t = time.perf_counter()
+        summary = build_index([f"@{listing}"], str(index_dir),
+                              options=BuildOptions(num_cpus=num_cpus, progress=False))
+        info = summary.to_dict()
+        info["wall_s"] = round(time.perf_counter() - t, 1)
+    faces = read_faces(str(index_dir), ["path", "box", "embedding", "image_width", "image_height"])
+    src = np.array([Path(p).resolve().relative_to(root).as_posix()
+                    for p in faces.column("path").to_pylist()], object)
+    box = _fixed(faces.column("box"), 4)
+    emb = _fixed(faces.column("embedding"), faces.schema.field("embedding").type.list_size)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    score = _central(box, faces.column("image_width").to_numpy(),
+                     faces.column("image_height").to_numpy())
+    best: dict[str, int] = {}
+    for i, s in enumerate(src):
+        if s in planted and (s not in best or score[i] > score[best[s]]):
+            best[s] = i
+    keep = np.array(sorted(best.values()), np.int64)
+    src, emb = src[keep], emb[keep]
+    role = np.array([planted[s]["role"] for s in src], object)
+    identity = np.array([planted[s]["identity"] for s in src], object)
+    subj = role == "subject"
+    labels_pred = cl.cluster_embeddings(emb)
+    gallery_sources, probe_sources = set(wild["gallery_sources"]), set(wild["probe_sources"])
+    gal = np.array([s in gallery_sources for s in src])
+    prb = np.array([s in probe_sources for s in src])
+    return {
+        "build": info, "images": len(planted), "with_face": int(len(keep)),
+        "clustering": {
+            "clusters": int(len(np.unique(labels_pred[labels_pred >= 0]))),
+            "unassigned": int(np.sum(labels_pred < 0)),
+            "subjects_and_strangers": {"pairwise": cl.pairwise_scores(identity, labels_pred),
+                                       "bcubed": cl.bcubed_scores(identity, labels_pred)},
+            "subject_faces": {"pairwise": cl.pairwise_scores(identity[subj], labels_pred[subj]),
+                              "bcubed": cl.bcubed_scores(identity[subj], labels_pred[subj])},
+        },
+        "identification": {"gallery_faces": int(gal.sum()), "probes": int(prb.sum()),
+                           "impostors_strangers": int(np.sum(role == "stranger")),
+                           **identification_scores(emb, identity, gal, prb,
+                                                   {"strangers": role == "stranger"},
+                                                   _identify_threshold())},
+    }
+
+
 # =============================================================================================
 # the run
 # =============================================================================================
@@ -227,6 +329,7 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
     lab_role = np.array(labels.column("role").to_pylist(), object)
     lab_ident = np.array(labels.column("identity").to_pylist(), object)
     lab_fid = np.array(labels.column("face_id").to_pylist(), object)
+    lab_source = np.array(labels.column("source").to_pylist(), object)
     lab_box = _fixed(labels.column("box"), 4)
     lab_px = labels.column("face_px").to_numpy()
     lab_blur = labels.column("blur_sigma").to_numpy()
@@ -290,6 +393,7 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
     findex = faces.column("face_index").to_pylist()
     cluster_id = np.array([key.get((h, int(i)), -1) for h, i in zip(hashes, findex)], np.int64)
     subj = role == "subject"
+    planted = subj | (role == "stranger")
     people = int(len(np.unique(identity[subj].astype(str)))) if subj.any() else 0
     clustering = {
         "params": summary.params, "seconds": round(cluster_s, 2),
@@ -297,6 +401,9 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
         "assigned": int(summary.assigned), "unassigned": int(summary.unassigned),
         "all_faces": {"pairwise": cl.pairwise_scores(truth, cluster_id),
                       "bcubed": cl.bcubed_scores(truth, cluster_id)},
+        "subjects_and_strangers": {
+            "pairwise": cl.pairwise_scores(truth[planted], cluster_id[planted]),
+            "bcubed": cl.bcubed_scores(truth[planted], cluster_id[planted])},
         "subject_faces": {"pairwise": cl.pairwise_scores(truth[subj], cluster_id[subj]),
                           "bcubed": cl.bcubed_scores(truth[subj], cluster_id[subj])},
     }
@@ -331,20 +438,12 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
                                       "impostors_strangers": int(imp.sum()),
                                       "impostors_all_non_subjects": int(nonsub.sum()),
                                       "people_in_gallery": int(len(np.unique(identity[gal].astype(str))))}
-    try:
-        from facenet_platform.core.weights import PRETRAINED
-        fixed = float(PRETRAINED.identify_threshold)
-    except (ImportError, AttributeError):
-        fixed = None
-    if gal.any() and prb.any():
-        gids = identity[gal].astype(str)
-        for method in ("single", "mean"):
-            pp, pd = nearest_person(emb[prb], emb[gal], gids, method)
-            res = {}
-            for name, sel in (("strangers", imp), ("all_non_subjects", nonsub)):
-                _, idd = nearest_person(emb[sel], emb[gal], gids, method)
-                res[name] = open_set_scores(pp, pd, identity[prb].astype(str), idd, fixed=fixed)
-            identification[method] = res
+    identification.update(identification_scores(
+        emb, identity, gal, prb, {"strangers": imp, "all_non_subjects": nonsub},
+        _identify_threshold()))
+    source = np.where(has, lab_source[np.clip(matched, 0, None)], None).astype(object)
+    identification["gallery_sources"] = sorted(set(source[gal].tolist()))
+    identification["probe_sources"] = sorted(set(source[prb].tolist()))
 
     # -- the faces table -----------------------------------------------------------------------
     def f32(values):
@@ -384,8 +483,24 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
 # report
 # =============================================================================================
 
+def _row(name: str, scores: dict[str, Any]) -> str:
+    p, b = scores["pairwise"], scores["bcubed"]
+    return (f"| {name} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | "
+            f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f']:.3f} |")
+
+
+def _id_row(name: str, template: str, s: dict[str, Any]) -> str:
+    fx = s.get("at_threshold")
+    fxt = (f"{fx['named_correctly']:.3f} / {fx['named_wrongly']:.3f} / {fx['impostors_named']:.3f}"
+           if fx else "-")
+    return (f"| {name} | {template} | {s['rank1']:.3f} | {s['at_0.01']['named_correctly']:.3f} | "
+            f"{s['at_0.05']['named_correctly']:.3f} | {fxt} |")
+
+
 def markdown(result: dict[str, Any]) -> str:
+    """The figures as markdown tables (wild, and the LFW originals of the same faces)."""
     d, c, i = result["detection"], result["clustering"], result["identification"]
+    base = result.get("lfw_baseline")
     m = result["set_manifest"]
     lines = [
         f"Set: {m['photos']} photos, {m['people']} people, {m['subject_faces']} subject faces, "
@@ -403,42 +518,55 @@ def markdown(result: dict[str, Any]) -> str:
         f"{k}: {a}/{b}" for k, (a, b) in d["subject_recall_by_face_px"].items()),
         "Stranger recall by planted face size (px): " + ", ".join(
         f"{k}: {a}/{b}" for k, (a, b) in d["stranger_recall_by_face_px"].items()), ""]
+    params = ", ".join(f"{k}={v}" for k, v in c["params"].items() if k != "model_id")
     lines += [
-        f"`index cluster` defaults ({', '.join(f'{k}={v}' for k, v in c['params'].items() if k != 'model_id')}): "
-        f"{c['clusters']} clusters for {c['people']} people; {c['assigned']} faces assigned, "
-        f"{c['unassigned']} unassigned.",
+        f"`index cluster` defaults ({params}): {c['clusters']} clusters for {c['people']} people "
+        f"in the wild ({c['assigned']} faces assigned, {c['unassigned']} unassigned)"
+        + (f"; LFW originals: {base['clustering']['clusters']} clusters, "
+           f"{base['clustering']['unassigned']} unassigned." if base else "."),
         "",
-        "| faces | pairwise P | pairwise R | pairwise F1 | BCubed P | BCubed R | BCubed F |",
+        "| faces (unassigned = singletons) | pairwise P | pairwise R | pairwise F1 | BCubed P "
+        "| BCubed R | BCubed F |",
         "|---|---|---|---|---|---|---|",
+        _row("wild: all detected faces", c["all_faces"]),
+        _row("wild: subjects + strangers", c["subjects_and_strangers"]),
     ]
-    for name in ("all_faces", "subject_faces"):
-        p, b = c[name]["pairwise"], c[name]["bcubed"]
-        lines.append(f"| {name.replace('_', ' ')} | {p['precision']:.3f} | {p['recall']:.3f} | "
-                     f"{p['f1']:.3f} | {b['precision']:.3f} | {b['recall']:.3f} | {b['f']:.3f} |")
-    lines += ["", "| largest clusters | size | subject | stranger | background | junk | main identity: role, share |",
-              "|---|---|---|---|---|---|---|"]
+    if base:
+        lines.append(_row("LFW originals: subjects + strangers",
+                          base["clustering"]["subjects_and_strangers"]))
+    lines.append(_row("wild: subjects", c["subject_faces"]))
+    if base:
+        lines.append(_row("LFW originals: subjects", base["clustering"]["subject_faces"]))
+    lines += ["", "| largest clusters (wild) | size | subject | stranger | background | junk "
+              "| main identity: role, share | median face px |",
+              "|---|---|---|---|---|---|---|---|"]
     for k, t in enumerate(c["largest"], start=1):
         lines.append(f"| {k} | {t['size']} | {t['subject']} | {t['stranger']} | {t['background']} "
-                     f"| {t['junk']} | {t['main_role']} {t['main_share']:.2f} |")
+                     f"| {t['junk']} | {t['main_role']} {t['main_share']:.2f} "
+                     f"| {t['face_px_median']:.0f} |")
     lines.append(f"\nJunk people among the ten largest clusters (no one identity holds half the "
                  f"faces): {c['junk_in_top10']}; mostly non-subject faces: "
                  f"{c['non_subject_majority_in_top10']}.")
     if "single" in i:
-        lines += ["", f"Identification: {i['people_in_gallery']} people, {i['gallery_faces']} gallery "
-                  f"faces ({GALLERY_PHOTOS} photos each), {i['probes']} probes; impostors: "
-                  f"{i['impostors_strangers']} strangers ({i['impostors_all_non_subjects']} "
-                  f"non-subject detections in all).", "",
-                  "| impostors | template | rank-1 | named correctly @1% | @5% | at the platform threshold (named / impostors named) |",
+        lines += ["", f"Identification: {i['people_in_gallery']} people, {i['gallery_faces']} "
+                  f"gallery faces ({GALLERY_PHOTOS} photos each), {i['probes']} probes; "
+                  f"impostors: {i['impostors_strangers']} strangers "
+                  f"({i['impostors_all_non_subjects']} non-subject detections in all)"
+                  + (f"; LFW originals: {base['identification']['gallery_faces']} gallery, "
+                     f"{base['identification']['probes']} probes, "
+                     f"{base['identification']['impostors_strangers']} strangers." if base else "."),
+                  "",
+                  "| set, impostors | template | rank-1 | named correctly @1% impostors named "
+                  "| @5% | at the platform threshold 0.845: named correctly / wrongly / "
+                  "impostors named |",
                   "|---|---|---|---|---|---|"]
-        for imp in ("strangers", "all_non_subjects"):
+        rows = [("wild, strangers", i, "strangers"),
+                ("wild, all non-subjects", i, "all_non_subjects")]
+        if base and "single" in base["identification"]:
+            rows.append(("LFW originals, strangers", base["identification"], "strangers"))
+        for name, block, imp in rows:
             for method, label in (("single", "nearest single photo"), ("mean", "mean template")):
-                s = i[method][imp]
-                fx = s.get("at_threshold")
-                fxt = (f"{fx['named_correctly']:.3f} / {fx['impostors_named']:.3f} "
-                       f"(t={fx['threshold']:g})") if fx else "-"
-                lines.append(f"| {imp.replace('_', ' ')} | {label} | {s['rank1']:.3f} | "
-                             f"{s['at_0.01']['named_correctly']:.3f} | "
-                             f"{s['at_0.05']['named_correctly']:.3f} | {fxt} |")
+                lines.append(_id_row(name, label, block[method][imp]))
     return "\n".join(lines)
 
 
@@ -456,6 +584,8 @@ def main(argv=None) -> int:
                     help="photos per detection batch (phone-sized photos: 16 take ~3.5 GB)")
     ap.add_argument("--no-build", action="store_true", help="use the index as it is")
     ap.add_argument("--sheets", action="store_true", help="write the clusters' contact sheets")
+    ap.add_argument("--no-lfw-baseline", action="store_true",
+                    help="skip the baseline: the same faces from their LFW originals")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -468,6 +598,10 @@ def main(argv=None) -> int:
                                                          args.detect_batch_size)
     result = evaluate(set_dir, index_dir, faces, seed=args.seed, sheets=args.sheets,
                       build_info=build_info)
+    if not args.no_lfw_baseline:
+        result["lfw_baseline"] = lfw_baseline(set_dir, Path(f"{stem}_lfw_index"), args.num_cpus,
+                                              result["identification"],
+                                              build=not (args.no_build and Path(f"{stem}_lfw_index").exists()))
     result["command"] = " ".join(sys.argv)
     out_json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"command: {' '.join(sys.argv)}")
