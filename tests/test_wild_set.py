@@ -132,3 +132,25 @@ def test_tiny_set_from_lfw_is_consistent(tmp_path, lfw_root):
     manifest = wild_set.generate(lfw_root, out, people=3, per_person=6, seed=1, scale=0.5,
                                  source_cache=tmp_path / "sources.parquet")
     _check_set(out, manifest, people=3, per_person=6)
+
+
+def test_eval_matches_boxes_one_to_one_and_sets_open_set_thresholds():
+    from wild_eval import match_boxes, open_set_scores
+
+    planted = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)
+    detected = np.array([[1, 1, 11, 11], [0, 0, 10, 10], [21, 0, 31, 10], [50, 50, 60, 60]],
+                        np.float32)
+    match, iou = match_boxes(detected, planted)
+    # the exact box takes the first planted face, the shifted one gets nothing (one to one)
+    assert match.tolist() == [-1, 0, 1, -1]
+    assert iou[1] == pytest.approx(1.0) and iou[0] == 0
+
+    impostors = np.linspace(0.5, 1.5, 100)           # 1% -> only the nearest one is named
+    person = np.array(["a", "a", "b"], object)
+    d = np.array([0.4, 0.55, 0.45])
+    s = open_set_scores(person, d, np.array(["a", "b", "b"], object), impostors, fixed=0.5)
+    assert s["at_0.01"]["impostors_named"] == pytest.approx(0.01)
+    assert s["at_0.01"]["named_correctly"] == pytest.approx(2 / 3)   # 0.4 and 0.45 <= ~0.5101
+    assert s["at_0.05"]["impostors_named"] == pytest.approx(0.05)
+    assert s["at_0.05"]["named_wrongly"] == pytest.approx(1 / 3)
+    assert s["rank1"] == pytest.approx(2 / 3)
