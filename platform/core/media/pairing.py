@@ -64,21 +64,23 @@ def read_shot_meta(data: bytes) -> ShotMeta:
     from PIL import Image
 
     try:
-        from facenet_platform.core.media.sniff import sniff
+        if bytes(data[:4]) in (b"II*\x00", b"MM\x00*"):
+            taken, model = _tiff_meta(data)
+        else:
+            from facenet_platform.core.media.sniff import sniff
 
-        if sniff(data).format == "HEIF":
-            from facenet_platform.core.media.heif import heif_available
+            if sniff(data).format == "HEIF":
+                from facenet_platform.core.media.heif import heif_available
 
-            heif_available()
-        with Image.open(io.BytesIO(data)) as image:
-            exif = image.getexif()
-            model = exif.get(0x0110)
-            taken = None
-            try:
-                taken = exif.get_ifd(0x8769).get(0x9003)
-            except Exception:  # noqa: BLE001
-                taken = None
-            taken = taken or exif.get(0x0132)
+                heif_available()
+            with Image.open(io.BytesIO(data)) as image:
+                exif = image.getexif()
+                model = exif.get(0x0110)
+                try:
+                    taken = exif.get_ifd(0x8769).get(0x9003)
+                except Exception:  # noqa: BLE001
+                    taken = None
+                taken = taken or exif.get(0x0132)
     except Exception:  # noqa: BLE001 - no readable metadata
         return ShotMeta()
 
@@ -91,6 +93,25 @@ def read_shot_meta(data: bytes) -> ShotMeta:
         return value or None
 
     return ShotMeta(text(taken), text(model))
+
+
+def _tiff_meta(data: bytes) -> tuple[object, object]:
+    """DateTimeOriginal/DateTime and Model of a TIFF-structured file (RAWs Pillow cannot open
+    as images): IFD0 and its Exif IFD only, read with Pillow's IFD parser."""
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+
+    fp = io.BytesIO(data)
+    ifd = ImageFileDirectory_v2(ifh=bytes(data[:8]))
+    fp.seek(ifd.next)
+    ifd.load(fp)
+    taken = None
+    exif_at = ifd.get(0x8769)
+    if exif_at:
+        sub = ImageFileDirectory_v2(ifh=bytes(data[:8]))
+        fp.seek(int(exif_at))
+        sub.load(fp)
+        taken = sub.get(0x9003)
+    return taken or ifd.get(0x0132), ifd.get(0x0110)
 
 
 def _agree(a: ShotMeta, b: ShotMeta) -> bool:
