@@ -154,7 +154,7 @@ def bench_size(n: int, args) -> list[dict]:
     print(f"# n={n}: data {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
 
     t, c = time.perf_counter(), time.process_time()
-    exact, _ = fx.build_index("flat", xb, ids)
+    exact, _ = fx.build_faiss_index("flat", xb, ids)
     build, build_cpu = time.perf_counter() - t, time.process_time() - c
     tag = f"{args.data}-{n}-{args.queries}-{args.seed}"
     gt_file = args.cache_dir / f"gt-{tag}.npy" if args.cache_dir else None
@@ -192,7 +192,7 @@ def bench_size(n: int, args) -> list[dict]:
             print(f"# {type_name}: loaded {index_file}", file=sys.stderr, flush=True)
         else:
             try:
-                index, params = fx.build_index(type_name, xb, ids, params,
+                index, params = fx.build_faiss_index(type_name, xb, ids, params,
                                                train_size=args.train_size)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other types
                 print(f"# {type_name} at {n}: {exc}", file=sys.stderr)

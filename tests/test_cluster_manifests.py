@@ -223,7 +223,8 @@ def test_rayservice_config_is_the_serve_config_generator_output(capsys):
 
 def test_index_job_pools_fit_the_worker_pods_and_match_the_default_plan():
     from facenet_platform.cli import build_parser
-    from facenet_platform.index.build import BuildOptions, plan_resources
+    from facenet_platform.index.build_options import BuildOptions
+    from facenet_platform.index.build_plan import plan_resources
 
     doc = load(KUBERAY / "rayjob-index.yaml")
     args = build_parser().parse_args(shlex.split(doc["spec"]["entrypoint"])[1:])

@@ -37,7 +37,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "cluster"))
 
-from facenet_platform.index.build import FAULTS_ENV  # noqa: E402
+from facenet_platform.index.faults import FAULTS_ENV  # noqa: E402
 from local_cluster import LocalCluster  # noqa: E402
 from local_cluster import last_json  # noqa: E402
 from test_cluster_local import _images, cluster_env, run_job  # noqa: E402

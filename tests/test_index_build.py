@@ -27,8 +27,10 @@ from conftest import REPO_ROOT, lfw_available, lfw_dir
 
 from facenet_platform.core.errors import DatasetError
 from facenet_platform.core.facetable import face_schema
-from facenet_platform.index.build import (FAULTS_ENV, BuildOptions, RayConnectionError,
-                                          build_index, check_reachable, plan_resources)
+from facenet_platform.index.build import BuildOptions, build_index
+from facenet_platform.index.build_plan import plan_resources
+from facenet_platform.index.faults import FAULTS_ENV
+from facenet_platform.ray_connection import RayConnectionError, check_reachable
 from facenet_platform.index.collection import (CollectionStore, FILES_SCHEMA, faces_table_schema,
                                                read_failures, read_faces, read_files)
 from facenet_platform.index.layout import IndexLayout, read_manifest
@@ -252,10 +254,10 @@ def _output_batch(rows: list[dict]) -> dict:
 def test_committer_assembles_files_across_batches(tmp_path):
     """Faces of one file split over two batches, a batch delivered twice (task retry), failed,
     face-less and unreadable files: each file committed once, whole."""
-    from facenet_platform.index.build import _Committer
+    from facenet_platform.index.committer import Committer
 
     store = CollectionStore(IndexLayout.open(tmp_path / "idx"))
-    committer = _Committer(store, "20260101T000000Z-abcdef12", 1, BuildOptions(), {}, {},
+    committer = Committer(store, "20260101T000000Z-abcdef12", 1, BuildOptions(), {}, {},
                            None, None)
     split_a = [{"path": "/a.jpg", "content_hash": "a", "n_faces": 3, "face_index": i}
                for i in (2, 0)]
@@ -458,7 +460,7 @@ def test_killed_build_resumes_to_the_same_index(built, photos, ray_cluster, tmp_
 def test_job_failure_is_one_clear_line():
     """What killed a Ray job, from the exception chain Ray Data raises (an actor's creation
     error only survives as the traceback text inside ActorDiedError)."""
-    from facenet_platform.index.build import _job_error_text
+    from facenet_platform.ray_errors import job_error_text
 
     class SystemException(Exception):
         pass
@@ -473,7 +475,7 @@ def test_job_failure_is_one_clear_line():
 
     with pytest.raises(SystemException) as info:
         chain()
-    assert _job_error_text(info.value) == "WeightsError: cannot load the nets"
+    assert job_error_text(info.value) == "WeightsError: cannot load the nets"
 
 
 @pytest.mark.slow

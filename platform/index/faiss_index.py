@@ -259,7 +259,7 @@ def as_unit_rows(x: np.ndarray, dim: int | None = None, what: str = "embeddings"
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def build_index(type_name: str, vectors: np.ndarray, ids: np.ndarray,
+def build_faiss_index(type_name: str, vectors: np.ndarray, ids: np.ndarray,
                 params: dict[str, Any] | None = None, *, train_size: int = 200_000,
                 seed: int = 0):
     """A trained ``IndexIDMap2`` of ``type_name`` holding ``vectors`` under ``ids``.

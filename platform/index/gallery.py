@@ -637,7 +637,7 @@ class Gallery:
         if (self._index is None or self._needs_rebuild or desired != self._index_type or grown):
             params = kind.params(n, self.index_param_overrides)
             t0 = time.perf_counter()
-            self._index, self._index_params = fx.build_index(desired, self._embeddings,
+            self._index, self._index_params = fx.build_faiss_index(desired, self._embeddings,
                                                              self._meta["id"], params)
             self._index_type, self._index_mmapped = desired, False
             self._trained_on = 0 if kind.min_train(params) == 0 else n

@@ -27,7 +27,7 @@ PROG = "facenet-platform"
 def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._SubParsersAction) -> None:
     """Add ``enroll``, ``add-identity``, ``remove-identity``, ``cluster`` to the ``index`` group
     and ``identify`` to the top level."""
-    from . import cluster as cl
+    from . import people_clusters as cl
     from .faiss_index import DEFAULT_AUTO_THRESHOLD, INDEX_TYPES
 
     index_types = ["auto", *INDEX_TYPES]
@@ -330,7 +330,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from .cluster import cluster_index
+    from .people_clusters import cluster_index
 
     summary = cluster_index(
         args.index_dir, max_distance=args.max_distance, min_faces=args.min_faces,

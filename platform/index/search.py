@@ -208,7 +208,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         DatasetError: no faces to search, or a faces table without the needed columns.
         ConfigError: the faces and the gallery come from different models.
     """
-    from .build import BuildOptions, ensure_ray, _resolve_address, check_reachable
+    from facenet_platform.ray_connection import check_ray_address, connect_ray, resolve_address
+
     from .gallery import Gallery, check_threshold
 
     options = options or SearchOptions()
@@ -241,14 +242,12 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         else:
             out_fs, out_path = pafs.LocalFileSystem(), os.path.abspath(shown)
 
-    bo = BuildOptions(address=options.address, num_cpus=options.num_cpus,
-                      log_to_driver=options.log_to_driver)
-    address = _resolve_address(bo)
     import ray
 
-    if address and not ray.is_initialized():
-        check_reachable(address)
-    ensure_ray(bo)
+    address = resolve_address(options.address)
+    check_ray_address(address)
+    connect_ray(address, num_cpus=options.num_cpus, log_to_driver=options.log_to_driver,
+                logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = options.progress
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     actors = options.actors or min(4, max(1, int(cpus // 2)))

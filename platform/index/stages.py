@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from typing import Any
 
 import numpy as np
+
+from .faults import StageFaults
 
 logger = logging.getLogger(__name__)
 
@@ -168,45 +169,6 @@ def sharpness(crops: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Faults:
-    """Test-only fault injection (see ``build.FAULTS_ENV``)."""
-
-    def __init__(self, faults: dict[str, str] | None):
-        self.faults = dict(faults or {})
-        self.calls = 0
-
-    def fail_path(self, key: str, path: str) -> None:
-        needle = self.faults.get(key)
-        if needle and needle in path:
-            raise RuntimeError(f"injected {key} fault")
-
-    def maybe_delay(self, key: str) -> None:
-        """Sleep the given seconds per batch (keeps a build busy long enough to disturb it)."""
-        seconds = self.faults.get(key)
-        if seconds:
-            import time
-
-            time.sleep(float(seconds))
-
-    def maybe_kill(self, key: str) -> None:
-        """Kill this worker process once (a marker file makes the restarted worker carry on)."""
-        self.calls += 1
-        spec = self.faults.get(key)
-        if not spec:
-            return
-        marker_dir, _, nth = spec.partition(":")
-        if self.calls < int(nth or 1):
-            return
-        marker = os.path.join(marker_dir, f"{key}.done")
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-        logger.warning("injected fault %s: killing worker pid %d", key, os.getpid())
-        os._exit(1)
-
-
 class DetectAlign:
     """MTCNN detection + alignment of every face, as a Ray Data actor.
 
@@ -229,7 +191,7 @@ class DetectAlign:
         self.detector = FaceDetector(min_face_size=min_face_size, num_threads=num_threads)
         self.aligner = FaceAligner(image_size=image_size, margin=margin, method=alignment)
         self.size = int(image_size)
-        self._faults = _Faults(faults)
+        self._faults = StageFaults(faults)
 
     def _detect_all(self, images: list[np.ndarray], paths: list[str]) -> list[Any]:
         """Detections per image; an image on which detection raises gives the exception."""
@@ -353,7 +315,7 @@ class Embed:
         self.embedder = FaceEmbedder(model, batch_size=batch_size, **kwargs)
         self.model_id = self.embedder.model_id
         self.dim = self.embedder.embedding_size
-        self._faults = _Faults(faults)
+        self._faults = StageFaults(faults)
 
     def _embed(self, crops: np.ndarray, paths: list[str]) -> np.ndarray:
         for path in paths:

@@ -127,6 +127,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from facenet_platform.ray_connection import connect_ray
+
     from .app import build_app
     from .config import API_KEY_ENV
 
@@ -140,13 +142,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         if local:
             needed = math.ceil(args.total_cpus())
             num_cpus = ns.num_cpus or max(os.cpu_count() or 1, needed)
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=ns.verbose > 0)
+            connect_ray("local", num_cpus=num_cpus, log_to_driver=ns.verbose > 0)
             # `kill PID` must stop the local Ray instance too, not orphan it. Installed after
             # ray.init, which sets a handler of its own that would exit without cleaning up.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         else:
-            ray.init(address=ns.address, log_to_driver=ns.verbose > 0)
+            connect_ray(ns.address, log_to_driver=ns.verbose > 0)
         serve.start(http_options={"host": ns.host, "port": ns.port})
         t0 = time.perf_counter()
         print(f"deploying {ns.name} (index {args.index_dir}); loading the models...",

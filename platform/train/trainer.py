@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from facenet_platform.core.errors import ConfigError
+from facenet_platform.ray_connection import connect_ray, resolve_address
 
 from .config import TrainConfig
 
@@ -52,20 +53,14 @@ def default_storage_path() -> str:
     return str(Path("~/ray_results").expanduser())
 
 
-def ensure_ray(cfg: TrainConfig):
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    # A local Ray: logical CPUs for every worker plus one for Ray Data, even on a 2-core box
-    # (the workers' TensorFlow threads are capped by scaling.threads_per_worker).
+def connect_for_training(cfg: TrainConfig) -> None:
+    """Join ``run.ray_address`` (or ``$RAY_ADDRESS``), or start a local Ray with a logical CPU
+    for every worker plus one for Ray Data, even on a 2-core box (the workers' TensorFlow
+    threads are capped by ``scaling.threads_per_worker``)."""
     cpus_needed = cfg.scaling.num_workers * cfg.scaling.resources_per_worker.get("CPU", 1.0) + 1
     num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    address = resolve_address(cfg.run.ray_address)
+    connect_ray(address, num_cpus=None if address else num_cpus)
 
 
 def resolve_run(cfg: TrainConfig) -> TrainConfig:
@@ -193,7 +188,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     import json
 
     resolve_run(cfg)
-    ensure_ray(cfg)
+    connect_for_training(cfg)
     t0 = time.perf_counter()
     index, val, datasets = prepare_datasets(cfg)
     trainer = build_trainer(cfg, index, val, datasets)

@@ -2,15 +2,15 @@
 
 Two sets: the faces of people with at least two images (9,164 in full LFW), and all 13,233 faces
 (4,069 people then have a single image: ideally each stays unassigned or alone). Every clusterer
-of ``platform/index/cluster.py`` runs over the same FAISS k-NN graph at several ``max_distance``
+of ``platform/index/people_clusters.py`` runs over the same FAISS k-NN graph at several ``max_distance``
 values with ``min_faces=2``; unassigned faces count as singletons in the metrics. The time of a
 run is the k-NN graph plus the clustering (the graph is built once per set and reused; its time
 is listed separately and included in "total s").
 
 Embeddings come from ``benchmarks/lfw_cache.py`` (cached in benchmarks/out/lfw_embeddings.npz).
 
-    .venv/bin/python benchmarks/bench_cluster.py
-    .venv/bin/python benchmarks/bench_cluster.py --limit-people 800 --distances 0.9
+    .venv/bin/python benchmarks/bench_people_clusters.py
+    .venv/bin/python benchmarks/bench_people_clusters.py --limit-people 800 --distances 0.9
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_cache import DEFAULT_CACHE, lfw_embeddings, select_people  # noqa: E402
 
 from facenet_platform.core.lfw import default_lfw_dir  # noqa: E402
-from facenet_platform.index import cluster as cl  # noqa: E402
+from facenet_platform.index import people_clusters as cl  # noqa: E402
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ As photo managers do (Immich, PhotoPrism): a FAISS k-nearest-neighbour graph ove
 edges pruned at ``max_distance`` (squared L2), then a clustering on that graph. Groups smaller
 than ``min_faces`` are noise: their faces stay unassigned (cluster id -1).
 
-Clusterers (:data:`CLUSTERERS`; see benchmarks/bench_cluster.py for how they compare on LFW):
+Clusterers (:data:`CLUSTERERS`; see benchmarks/bench_people_clusters.py for how they compare on LFW):
 
 * ``chinese-whispers`` (default): label propagation on the weighted graph; each face takes the
   label with the largest total edge weight among its neighbours (weight ``max_distance - d``),
@@ -56,7 +56,7 @@ TABLE_NAME = "clusters.parquet"
 SHEETS_DIR = "sheets"
 
 #: Squared L2 distance under which two faces may be linked; stricter than the verification
-#: threshold (1.1) because a wrong link merges two people (chosen on LFW, bench_cluster.py).
+#: threshold (1.1) because a wrong link merges two people (chosen on LFW, bench_people_clusters.py).
 DEFAULT_MAX_DISTANCE = 0.7
 DEFAULT_MIN_FACES = 2
 DEFAULT_NEIGHBORS = 16
@@ -117,7 +117,7 @@ def knn_graph(embeddings: np.ndarray, k: int = DEFAULT_NEIGHBORS, *,
     if n <= 1:
         return KnnGraph(np.full((n, k), -1, np.int64), np.full((n, k), np.inf, np.float32))
     kind = fx.choose_index_type(n, auto_threshold)
-    index, _ = fx.build_index(kind, x, np.arange(n, dtype=np.int64))
+    index, _ = fx.build_faiss_index(kind, x, np.arange(n, dtype=np.int64))
     if kind == "hnsw":
         fx.configure_search(index, kind, {"efSearch": max(128, 2 * (k + 1))})
     neighbors = np.empty((n, k), np.int64)
@@ -510,7 +510,7 @@ def assign_to_nearest(queries: np.ndarray, members: np.ndarray, member_labels: n
     if len(queries) == 0 or len(members) == 0:
         return np.full(len(queries), UNASSIGNED, np.int64), np.full(len(queries), np.inf, np.float32)
     kind = fx.choose_index_type(len(members))
-    index, _ = fx.build_index(kind, members, np.arange(len(members), dtype=np.int64))
+    index, _ = fx.build_faiss_index(kind, members, np.arange(len(members), dtype=np.int64))
     scores, ids = index.search(fx.as_unit_rows(queries), 1)
     d = fx.to_squared_l2(scores[:, 0])
     ok = (ids[:, 0] >= 0) & (d <= max_distance)

@@ -12,7 +12,7 @@ import pytest
 from bad_inputs import write_good_image
 
 from facenet_platform.core.errors import ConfigError, DatasetError
-from facenet_platform.index import cluster as cl
+from facenet_platform.index import people_clusters as cl
 from facenet_platform.index.layout import IndexLayout, read_manifest
 
 D = 512
