@@ -243,7 +243,7 @@ def read_regions(path: str, data: bytes | None = None) -> XmpRegions | None:
     Raises:
         XmpError: a sidecar or packet is malformed or refused.
     """
-    for candidate in sidecar_paths(path):
+    for candidate in (sidecar_paths(path) if path else []):
         try:
             size = os.path.getsize(candidate)
         except OSError:
