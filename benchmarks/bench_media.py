@@ -12,8 +12,10 @@ into a temporary folder (never kept):
   sampled every 2 s + scene changes: each photo is seen at least once;
 * **webp-anim**: animated WebPs of the same groups.
 
-For each type: files/s and frames/s of decode + MTCNN detection (one process, one thread), the
-ratio to JPEG's photos/s, and faces found against the JPEG originals (a photo counts when the
+For each type: files and frames per second of decode + MTCNN detection (one process; MTCNN and
+PyAV one thread, libheif its default 4), by wall clock and by this process's CPU time (the
+figure that survives a shared machine), types interleaved group by group; the ratio of photos
+per CPU-second to JPEG's; and faces found against the JPEG originals (a photo counts when the
 type's frame of it has a face whose box overlaps the JPEG's best face by IoU >= 0.5, boxes
 scaled for the half-size demosaic).
 
@@ -101,30 +103,36 @@ def generate(paths: list[Path], out: Path, per_clip: int, hold_s: float) -> dict
     return files
 
 
-def run_type(kind: str, entries: list, detector, options) -> dict:
-    """Decode + detect every file of one type; per photo index, the boxes found."""
+class Tally:
+    """Per type: boxes found per photo, files, frames, wall and CPU seconds."""
+
+    def __init__(self):
+        self.found: dict[int, list[np.ndarray]] = {}
+        self.files = self.frames = 0
+        self.wall = self.cpu = 0.0
+        self.decoders: dict[str, int] = {}
+
+
+def process(path: Path, idx, detector, options, tally: Tally) -> None:
+    """Decode + detect one file, timed (wall and this process's CPU time, all threads)."""
     from facenet_platform.core.media import decode_media
 
-    found: dict[int, list[np.ndarray]] = {}
-    n_frames = 0
-    decoders: dict[str, int] = {}
-    start = time.perf_counter()
-    for path, idx in entries:
-        media = decode_media(path.read_bytes(), source=str(path), options=options)
-        decoders[media.decoder] = decoders.get(media.decoder, 0) + 1
-        images = [f.image for f in media.frames]
-        n_frames += len(images)
-        dets = detector.detect(images)
-        if isinstance(idx, list):  # a clip: frame time -> photo
-            hold = len(media.frames) and (media.duration_s or 1) / len(idx)
-            for frame, d in zip(media.frames, dets):
-                photo = idx[min(len(idx) - 1, int((frame.time_s + 1e-6) // hold))]
-                found.setdefault(photo, []).extend(list(d.boxes))
-        else:
-            found.setdefault(idx, []).extend(list(dets[0].boxes))
-    seconds = time.perf_counter() - start
-    return {"found": found, "seconds": seconds, "files": len(entries), "frames": n_frames,
-            "decoders": decoders}
+    data = path.read_bytes()
+    w0, c0 = time.perf_counter(), time.process_time()
+    media = decode_media(data, source=str(path), options=options)
+    dets = detector.detect([f.image for f in media.frames])
+    tally.wall += time.perf_counter() - w0
+    tally.cpu += time.process_time() - c0
+    tally.files += 1
+    tally.frames += len(media.frames)
+    tally.decoders[media.decoder] = tally.decoders.get(media.decoder, 0) + 1
+    if isinstance(idx, list):  # a clip: frame time -> photo
+        hold = (media.duration_s or 1) / len(idx)
+        for frame, d in zip(media.frames, dets):
+            photo = idx[min(len(idx) - 1, int((frame.time_s + 1e-6) // hold))]
+            tally.found.setdefault(photo, []).extend(list(d.boxes))
+    else:
+        tally.found.setdefault(idx, []).extend(list(dets[0].boxes))
 
 
 def main() -> None:
@@ -151,26 +159,33 @@ def main() -> None:
         detector = FaceDetector(num_threads=1)
         detector.detect([np.zeros((250, 250, 3), np.uint8)])  # warm-up
         options = SamplingOptions(interval_s=2.0)
-        results = {}
-        for kind in ("jpeg", "heic", "avif", "dng-preview", "dng-demosaic", "video",
-                     "webp-anim"):
-            results[kind] = run_type(kind, files[kind], detector, options)
+        kinds = ("jpeg", "heic", "avif", "dng-preview", "dng-demosaic", "video", "webp-anim")
+        results = {k: Tally() for k in kinds}
+        # interleaved: for each group of photos, every type in turn, so that load changes on
+        # a shared machine hit all types alike
+        for g, (clip, group) in enumerate(files["video"]):
+            for kind in kinds:
+                if kind in ("video", "webp-anim"):
+                    path, idx = files[kind][g]
+                    process(path, idx, detector, options, results[kind])
+                else:
+                    for path, idx in files[kind][group[0]:group[-1] + 1]:
+                        process(path, idx, detector, options, results[kind])
         base = results["jpeg"]
-        ref = {i: boxes[0] for i, boxes in base["found"].items() if boxes}
+        ref = {i: boxes[0] for i, boxes in base.found.items() if boxes}
         rows = []
+        photos = len(paths)
         for kind, r in results.items():
             scale = 0.5 if kind == "dng-demosaic" else 1.0
-            same = 0
-            for i, want in ref.items():
-                if any(iou(want * scale, b) >= 0.5 for b in r["found"].get(i, [])):
-                    same += 1
-            photos = len(paths)
+            same = sum(1 for i, want in ref.items()
+                       if any(iou(want * scale, b) >= 0.5 for b in r.found.get(i, [])))
             rows.append({
-                "type": kind, "files": r["files"], "frames": r["frames"],
-                "files_per_s": r["files"] / r["seconds"], "frames_per_s": r["frames"] / r["seconds"],
-                "photos_per_s": photos / r["seconds"],
-                "vs_jpeg": (photos / r["seconds"]) / (len(paths) / base["seconds"]),
-                "faces_same": same, "faces_ref": len(ref), "decoders": r["decoders"]})
+                "type": kind, "files": r.files, "frames": r.frames,
+                "files_per_s": r.files / r.wall, "files_per_cpu_s": r.files / r.cpu,
+                "frames_per_cpu_s": r.frames / r.cpu,
+                "vs_jpeg_wall": (photos / r.wall) / (photos / base.wall),
+                "vs_jpeg_cpu": (photos / r.cpu) / (photos / base.cpu),
+                "faces_same": same, "faces_ref": len(ref), "decoders": r.decoders})
 
         # sideways retry
         rotated = files["rotated"]
@@ -181,49 +196,52 @@ def main() -> None:
             orientations.append(still.orientation)
         upright = [decode_still(p.read_bytes()).image for p, _ in files["jpeg"]]
 
-        def detect_all(imgs, retry):
-            start = time.perf_counter()
-            dets, rots = [], []
-            for k in range(0, len(imgs), 16):
-                chunk = imgs[k:k + 16]
-                d = detector.detect(chunk)
-                if retry is not None:
-                    res = retry(chunk, d, [0] * len(chunk))
-                    d, r = res.detections, res.rotations
-                else:
-                    r = [0] * len(chunk)
-                dets.extend(d), rots.extend(r)
-            return dets, rots, time.perf_counter() - start
-
+        modes = (("no retry", None), ("retry (no face)", RotationRetry(detector)),
+                 ("retry (no face or best < 0.99)", RotationRetry(detector, retry_below=0.99)))
+        stats = {name: {"dets": [], "rots": [], "cpu": 0.0, "ucpu": 0.0, "urots": []}
+                 for name, _ in modes}
+        # interleaved by chunk of 16, every mode in turn, rotated then upright copies
+        for k in range(0, len(images), 16):
+            for name, retry in modes:
+                for imgs, prefix in ((images[k:k + 16], ""), (upright[k:k + 16], "u")):
+                    c0 = time.process_time()
+                    d = detector.detect(imgs)
+                    if retry is not None:
+                        res = retry(imgs, d, [0] * len(imgs))
+                        d, r = res.detections, res.rotations
+                    else:
+                        r = [0] * len(imgs)
+                    stats[name][prefix + "cpu"] += time.process_time() - c0
+                    if prefix:
+                        stats[name]["urots"].extend(r)
+                    else:
+                        stats[name]["dets"].extend(d), stats[name]["rots"].extend(r)
         retry_rows = []
-        for name, retry in (("no retry", None), ("retry (no face)", RotationRetry(detector)),
-                            ("retry (no face or best < 0.99)",
-                             RotationRetry(detector, retry_below=0.99))):
-            dets, rots, secs = detect_all(images, retry)
-            correct = sum(1 for (p, i, angle), d, r in zip(rotated, dets, rots)
+        for name, _ in modes:
+            st = stats[name]
+            correct = sum(1 for (p, i, angle), d, r in zip(rotated, st["dets"], st["rots"])
                           if len(d) and (r + angle) % 360 == 0)
-            any_face = sum(1 for d in dets if len(d))
-            _, urots, usecs = detect_all(upright, retry)
-            retry_rows.append({"mode": name, "rotated_files": len(images),
-                               "faces_found": any_face, "upright_after": correct,
-                               "seconds": secs, "upright_seconds": usecs,
-                               "upright_rotated_wrongly": sum(1 for r in urots if r)})
-        for row in retry_rows:
-            row["cost_vs_no_retry"] = row["seconds"] / retry_rows[0]["seconds"]
-            row["upright_cost_vs_no_retry"] = row["upright_seconds"] / retry_rows[0]["upright_seconds"]
+            retry_rows.append({
+                "mode": name, "rotated_files": len(images),
+                "faces_found": sum(1 for d in st["dets"] if len(d)), "upright_after": correct,
+                "cost_vs_no_retry": st["cpu"] / stats["no retry"]["cpu"],
+                "upright_cost_vs_no_retry": st["ucpu"] / stats["no retry"]["ucpu"],
+                "upright_rotated_wrongly": sum(1 for r in st["urots"] if r)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"{len(paths)} LFW photos, files generated in {gen_s:.1f} s (not timed below); "
           f"decode + MTCNN, one process, one thread\n")
-    print("| type | files | frames | files/s | frames/s | photos/s vs JPEG | faces found vs JPEG | decoder |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| type | files | frames | files/s (wall) | files per CPU-s | frames per CPU-s | "
+          "photos per CPU-s vs JPEG | faces found vs JPEG | decoder |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         print(f"| {r['type']} | {r['files']} | {r['frames']} | {r['files_per_s']:.1f} | "
-              f"{r['frames_per_s']:.1f} | {r['vs_jpeg']:.2f}x | {r['faces_same']}/{r['faces_ref']} | "
+              f"{r['files_per_cpu_s']:.1f} | {r['frames_per_cpu_s']:.1f} | "
+              f"{r['vs_jpeg_cpu']:.2f}x | {r['faces_same']}/{r['faces_ref']} | "
               f"{', '.join(f'{k} {v}' for k, v in r['decoders'].items())} |")
-    print("\n| sideways (90/180/270, no EXIF) | faces found | upright after | time vs no retry | "
-          "on upright originals: time vs no retry | upright turned wrongly |")
+    print("\n| sideways (90/180/270, no EXIF) | faces found | upright after | CPU vs no retry | "
+          "on upright originals: CPU vs no retry | upright turned wrongly |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in retry_rows:
         print(f"| {r['mode']} | {r['faces_found']}/{r['rotated_files']} | "

@@ -156,7 +156,7 @@ def _sniff_other(head: bytes) -> MediaType:
         (b"7z\xbc\xaf\x27\x1c", "7Z"), (b"Rar!\x1a\x07", "RAR"), (b"BZh", "BZIP2"),
         (b"\xfd7zXZ\x00", "XZ"), (b"(\xb5/\xfd", "ZSTD"), (b"%PDF", "PDF"),
         (b"\x7fELF", "ELF"), (b"MZ", "EXE"), (b"OggS", "OGG"), (b"ID3", "MP3"),
-        (b"fLaC", "FLAC"), (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"),
+        (b"fLaC", "FLAC"),
     )
     for magic, fmt in table:
         if head.startswith(magic):
