@@ -25,7 +25,9 @@ interrupted. Reading ``faces/*.parquet`` directly (pandas, DuckDB, ``ray.data.re
 is also safe: only committed files are ever moved there.
 
 **Row identity.** A face is identified by ``(content_hash, face_index)``: the sha256 of the
-file's bytes and the face's rank by detection score. ``files`` is an append-only log: the last
+file's bytes and the face's rank by detection score. A video or animated image has its faces
+numbered 0..N-1 over its sampled frames in time order; each row says its ``frame_time`` (s) and
+``frame_index`` (null for photos), so ``(content_hash, frame_time)`` names the frame. ``files`` is an append-only log: the last
 row of a path (in commit order) is its current state. ``failures`` is a log of failure events.
 
 **Deleted and changed files.** When a file that a build's SOURCE covers is gone, the build
