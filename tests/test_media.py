@@ -204,6 +204,23 @@ def test_raw_sensor_over_the_pixel_limit_is_refused_before_unpacking(portrait) -
     assert still.decoder == "rawpy-preview"
 
 
+def test_raw_declaring_200_megapixels_is_refused_before_unpacking() -> None:
+    import struct
+
+    import tifffile
+
+    data = bytearray(dng_bytes(np.zeros((64, 64, 3), np.uint8)))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        for code, value in ((256, 16384), (257, 12288)):  # ImageWidth, ImageLength
+            tag = tif.pages[0].tags[code]
+            fmt = "<I" if tag.dtype == 4 else "<H"
+            data[tag.valueoffset: tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    start = time.monotonic()
+    with pytest.raises(ImageTooLargeError, match="201,326,592 pixels"):
+        decode_still(bytes(data), source="huge.dng")
+    assert time.monotonic() - start < 2
+
+
 def test_raw_truncated_and_garbage(portrait) -> None:
     data = dng_bytes(portrait)
     with pytest.raises(ImageError, match="x.dng"):
