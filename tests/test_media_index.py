@@ -136,6 +136,31 @@ def test_faces_of_each_type_equal_the_jpeg_original(built) -> None:
     assert float(np.sum((emb - ref) ** 2)) < 0.6
 
 
+def test_named_faces_go_back_to_sidecars_and_come_back(built, tmp_path) -> None:
+    import shutil
+
+    from facenet_platform.core.images import decode_still
+    from facenet_platform.core.media.xmp import read_regions, regions_to_display, write_sidecars
+
+    index, _ = built
+    rows = read_faces(index).to_pylist()
+    side = next(r for r in rows if r["path"].endswith("side.jpg"))
+    copy = tmp_path / "side.jpg"  # write next to a copy: the library is shared by the module
+    shutil.copy(side["path"], copy)
+    before = copy.read_bytes()
+    side = {**side, "path": str(copy), "name": "Eileen"}
+    video = next(r for r in rows if r["path"].endswith("clip.mp4"))
+    assert write_sidecars([side, {**video, "name": "Eileen"}]) == [str(copy) + ".xmp"]
+    assert copy.read_bytes() == before  # the photo is never rewritten
+    found = read_regions(str(copy))
+    stored = decode_still(before).image  # sideways as stored: the region is on the stored image
+    (x1, y1, x2, y2), = regions_to_display(found.regions, 0)
+    h, w = stored.shape[:2]
+    assert (found.applied_width, found.applied_height) == (w, h)
+    # the stored photo is the upright one turned 270 degrees: the face is on the left half
+    assert found.regions[0].name == "Eileen" and x2 < 0.6 and 0.0 <= x1 < x2 and y1 < y2
+
+
 def test_rebuild_processes_nothing(built, library) -> None:
     index, first = built
     again = build_index([str(library)], index, options=BuildOptions(**SMALL))

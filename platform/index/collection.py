@@ -118,6 +118,7 @@ FACES_EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("frame_time", pa.float64(), nullable=True),     # s into a video/animation; null: still
     pa.field("frame_index", pa.int32(), nullable=True),      # frame number in the stream; null: still
     pa.field("decoder", pa.string(), nullable=True),         # pillow | pillow-heif | rawpy-preview | rawpy-half | pyav | pillow-frames
+    pa.field("orientation", pa.int16(), nullable=True),      # EXIF orientation the file declared (0: none)
     pa.field("rotation", pa.int16(), nullable=True),         # degrees clockwise the sideways retry turned the photo
     pa.field("xmp_name", pa.string(), nullable=True),        # name of the matched XMP face region
 )

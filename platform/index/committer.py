@@ -35,10 +35,11 @@ __all__ = ["FACE_COLUMNS", "Committer", "FileState"]
 #: Columns of the Embed stage's output that make a faces row.
 FACE_COLUMNS = ("path", "face_index", "box", "landmarks", "score", "embedding", "model_id",
                  "content_hash", "width", "height", "sharpness", "frame_time", "frame_index",
-                 "decoder", "rotation", "xmp_name")
+                 "decoder", "orientation", "rotation", "xmp_name")
 
 # Defaults of the media columns when a batch lacks them (a still image from an older stage).
-_MEDIA_DEFAULTS = {"frame_time": np.nan, "frame_index": -1, "decoder": "", "rotation": 0,
+_MEDIA_DEFAULTS = {"frame_time": np.nan, "frame_index": -1, "decoder": "", "orientation": 0,
+                   "rotation": 0,
                    "xmp_name": "", "n_frames": 1, "frame_number": 0}
 
 
@@ -267,7 +268,7 @@ class Committer:
         n = len(order)
         dim = cols["embedding"].shape[1]
         (content_hash, width, height, sharpness, indexed_at, run_id, frame_time, frame_index,
-         decoder, rotation, xmp_name) = FACES_EXTRA_FIELDS
+         decoder, orientation, rotation, xmp_name) = FACES_EXTRA_FIELDS
         times = cols["frame_time"].astype(np.float64)
         indices = cols["frame_index"].astype(np.int64)
         decoders = cols["decoder"].astype(str)
@@ -282,6 +283,7 @@ class Committer:
             (frame_time, pa.array(times, pa.float64(), mask=np.isnan(times))),
             (frame_index, pa.array(indices.astype(np.int32), pa.int32(), mask=indices < 0)),
             (decoder, pa.array(decoders, pa.string(), mask=decoders == "")),
+            (orientation, pa.array(cols["orientation"].astype(np.int16), pa.int16())),
             (rotation, pa.array(cols["rotation"].astype(np.int16), pa.int16())),
             (xmp_name, pa.array(names, pa.string(), mask=names == "")),
         ])

@@ -37,7 +37,8 @@ from facenet_platform.core.errors import XmpError
 
 __all__ = ["FaceRegion", "MAX_REGIONS", "MAX_XMP_BYTES", "NamedFace", "extract_xmp_packet",
            "match_regions", "orient_points", "parse_regions", "read_regions",
-           "regions_to_display", "sidecar_paths", "write_sidecar", "unorient_box"]
+           "regions_to_display", "sidecar_paths", "write_sidecar", "write_sidecars",
+           "unorient_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -460,3 +461,32 @@ def write_sidecar(photo_path: str, faces: Sequence[NamedFace], *, width: int, he
         raise
     logger.info("%s: %d named faces written", sidecar_path, len(regions))
     return sidecar_path
+
+
+def write_sidecars(faces: Iterable[dict]) -> list[str]:
+    """Write the named faces of an index's faces table as sidecars, one per photo.
+
+    Args:
+        faces: rows of the faces table (``read_faces(...).to_pylist()``) with a ``name`` key
+            added (``""``/None: not written); needs ``path``, ``box``, ``image_width``,
+            ``image_height``, ``orientation``, ``rotation`` and ``frame_time``. Faces of video
+            or animation frames (``frame_time`` not null) and paths that are URIs are skipped.
+
+    Returns:
+        The sidecars written (``<photo>.xmp``), in path order.
+    """
+    by_path: dict[str, list[dict]] = {}
+    for row in faces:
+        if not row.get("name") or row.get("frame_time") is not None or "://" in row["path"]:
+            continue
+        by_path.setdefault(row["path"], []).append(row)
+    written = []
+    for path in sorted(by_path):
+        rows = by_path[path]
+        first = rows[0]
+        written.append(write_sidecar(
+            path, [NamedFace(str(r["name"]), tuple(float(v) for v in r["box"])) for r in rows],
+            width=int(first["image_width"]), height=int(first["image_height"]),
+            orientation=int(first.get("orientation") or 0),
+            rotation=int(first.get("rotation") or 0)))
+    return written
