@@ -22,7 +22,8 @@ scaled for the half-size demosaic).
 Sideways retry: the JPEG originals turned by 90, 180 and 270 degrees and saved without EXIF;
 faces found without the retry, with it (``RotationRetry``, no face -> try 90/270/180), and with
 ``retry_below=0.99``, and the time each costs against detection without retry on the same
-files; plus the cost on the upright originals (where only ``retry_below`` adds work).
+files; plus the cost on the upright originals (where only ``retry_below`` adds work) and on
+100 px upright copies (smaller faces score lower: does ``retry_below`` turn any wrongly?).
 
     .venv/bin/python benchmarks/bench_media.py --limit 200
 """
@@ -195,15 +196,22 @@ def main() -> None:
             images.append(still.image)
             orientations.append(still.orientation)
         upright = [decode_still(p.read_bytes()).image for p, _ in files["jpeg"]]
+        import cv2
+
+        # harder upright photos: 100 px copies (faces ~40 px score lower, so retry_below
+        # retries them: do they get turned wrongly?)
+        small = [np.ascontiguousarray(cv2.resize(im, (100, 100), interpolation=cv2.INTER_AREA))
+                 for im in upright]
 
         modes = (("no retry", None), ("retry (no face)", RotationRetry(detector)),
                  ("retry (no face or best < 0.99)", RotationRetry(detector, retry_below=0.99)))
-        stats = {name: {"dets": [], "rots": [], "cpu": 0.0, "ucpu": 0.0, "urots": []}
-                 for name, _ in modes}
+        stats = {name: {"dets": [], "rots": [], "cpu": 0.0, "ucpu": 0.0, "urots": [],
+                        "scpu": 0.0, "srots": [], "sfaces": 0} for name, _ in modes}
         # interleaved by chunk of 16, every mode in turn, rotated then upright copies
         for k in range(0, len(images), 16):
             for name, retry in modes:
-                for imgs, prefix in ((images[k:k + 16], ""), (upright[k:k + 16], "u")):
+                for imgs, prefix in ((images[k:k + 16], ""), (upright[k:k + 16], "u"),
+                                     (small[k:k + 16], "s")):
                     c0 = time.process_time()
                     d = detector.detect(imgs)
                     if retry is not None:
@@ -213,7 +221,9 @@ def main() -> None:
                         r = [0] * len(imgs)
                     stats[name][prefix + "cpu"] += time.process_time() - c0
                     if prefix:
-                        stats[name]["urots"].extend(r)
+                        stats[name][prefix + "rots"].extend(r)
+                        if prefix == "s":
+                            stats[name]["sfaces"] += sum(1 for x in d if len(x))
                     else:
                         stats[name]["dets"].extend(d), stats[name]["rots"].extend(r)
         retry_rows = []
@@ -226,7 +236,10 @@ def main() -> None:
                 "faces_found": sum(1 for d in st["dets"] if len(d)), "upright_after": correct,
                 "cost_vs_no_retry": st["cpu"] / stats["no retry"]["cpu"],
                 "upright_cost_vs_no_retry": st["ucpu"] / stats["no retry"]["ucpu"],
-                "upright_rotated_wrongly": sum(1 for r in st["urots"] if r)})
+                "upright_rotated_wrongly": sum(1 for r in st["urots"] if r),
+                "small_cost_vs_no_retry": st["scpu"] / stats["no retry"]["scpu"],
+                "small_rotated_wrongly": sum(1 for r in st["srots"] if r),
+                "small_faces": st["sfaces"]})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -241,12 +254,15 @@ def main() -> None:
               f"{r['vs_jpeg_cpu']:.2f}x | {r['faces_same']}/{r['faces_ref']} | "
               f"{', '.join(f'{k} {v}' for k, v in r['decoders'].items())} |")
     print("\n| sideways (90/180/270, no EXIF) | faces found | upright after | CPU vs no retry | "
-          "on upright originals: CPU vs no retry | upright turned wrongly |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+          "upright originals: CPU vs no retry | turned wrongly | upright 100 px copies: "
+          "faces found | CPU vs no retry | turned wrongly |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in retry_rows:
         print(f"| {r['mode']} | {r['faces_found']}/{r['rotated_files']} | "
               f"{r['upright_after']}/{r['rotated_files']} | {r['cost_vs_no_retry']:.2f}x | "
-              f"{r['upright_cost_vs_no_retry']:.2f}x | {r['upright_rotated_wrongly']} |")
+              f"{r['upright_cost_vs_no_retry']:.2f}x | {r['upright_rotated_wrongly']} | "
+              f"{r['small_faces']}/{r['rotated_files']} | {r['small_cost_vs_no_retry']:.2f}x | "
+              f"{r['small_rotated_wrongly']} |")
     if args.json:
         args.json.write_text(json.dumps({"types": rows, "retry": retry_rows}, indent=1,
                                         default=str))

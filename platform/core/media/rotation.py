@@ -84,8 +84,8 @@ class RotationRetry:
         min_score: the best face of a rotation must score at least this to be kept.
         retry_below: also retry orientation-less images whose best face scores below this
             (MTCNN finds some faces turned by 90 degrees at ~0.98 and then crops them
-            sideways); the upright angle is kept unless a rotation scores higher. None: retry
-            only images with no face (the rule of the issue).
+            sideways); the upright angle is kept unless a rotation's best face scores higher
+            and at least ``retry_below`` itself. None: retry only images with no face.
     """
 
     def __init__(self, detector: Any, angles: Sequence[int] = RETRY_ANGLES,
@@ -125,7 +125,10 @@ class RotationRetry:
                 found = self.detector.detect(rotated)
                 calls += 1
                 for i, d in zip(todo, found):
-                    if len(d) and float(d.scores.max()) >= self.min_score:
+                    # a photo with upright faces is turned only by a confident rotation
+                    floor = self.min_score if len(dets[i]) == 0 else max(self.min_score,
+                                                                         self.retry_below or 0.0)
+                    if len(d) and float(d.scores.max()) >= floor:
                         score = float(d.scores.max())
                         if i not in best or score > best[i][0]:
                             best[i] = (score, angle, d)
