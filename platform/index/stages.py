@@ -54,8 +54,8 @@ from .faults import StageFaults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectAlign", "Embed", "hash_files", "read_bytes", "read_decode", "one_line_reason",
-           "FRAME_COLUMNS"]
+__all__ = ["DetectAlign", "Embed", "hash_file", "hash_files", "open_input", "read_bytes", "read_head",
+           "read_decode", "one_line_reason", "FRAME_COLUMNS"]
 
 #: Per-frame columns read_decode adds, passed through to the faces.
 FRAME_COLUMNS = ("n_frames", "frame_number", "frame_time", "frame_index", "decoder",
@@ -95,6 +95,85 @@ def read_bytes(path: str) -> bytes:
         raise ImageError(f"{path}: cannot read file ({' '.join(str(exc).split())})") from None
 
 
+def open_input(path: str):
+    """A seekable binary file object on a local path or a pyarrow filesystem URI (the caller
+    closes it); raises ImageError."""
+    from facenet_platform.core.errors import ImageError
+
+    from .sources import filesystem_for
+
+    try:
+        if "://" not in path:
+            return open(path, "rb")
+        fs, fs_path = filesystem_for(path)
+        return fs.open_input_file(fs_path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except Exception as exc:  # noqa: BLE001 - OSError, ArrowInvalid...
+        raise ImageError(f"{path}: cannot read file ({' '.join(str(exc).split())})") from None
+
+
+#: Files are hashed (and videos read by FFmpeg) in chunks of this many bytes.
+_CHUNK = 8 * 1024 * 1024
+
+
+def _check_local(path: str) -> None:
+    """Raise the ImageError that read_image_bytes gives for a missing path, a directory, a FIFO
+    or a device (which would block or never end)."""
+    import os
+    import stat
+
+    from facenet_platform.core.errors import ImageError
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageError(f"{path}: is a directory")
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file")
+
+
+def read_head(path: str) -> bytes:
+    """The first 64 KiB of a file (what the sniffer reads); raises ImageError."""
+    from facenet_platform.core.errors import ImageError
+    from facenet_platform.core.media.sniff import SNIFF_BYTES
+
+    if "://" not in path:
+        _check_local(path)
+    with open_input(path) as handle:
+        try:
+            return handle.read(SNIFF_BYTES)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def hash_file(path: str) -> str:
+    """sha256 hex of a file, read in chunks (bounded memory for multi-GB videos); raises
+    ImageError."""
+    from facenet_platform.core.errors import ImageError
+
+    if "://" not in path:
+        _check_local(path)
+    digest = hashlib.sha256()
+    with open_input(path) as handle:
+        try:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
 def _strings(values) -> list[str]:
     return [str(v) for v in np.asarray(values).tolist()]
 
@@ -116,7 +195,7 @@ def hash_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     hashes, errors = [], []
     for path in paths:
         try:
-            hashes.append(hashlib.sha256(read_bytes(path)).hexdigest())
+            hashes.append(hash_file(path))
             errors.append("")
         except Exception as exc:  # noqa: BLE001 - a bad file never fails the job
             hashes.append("")
@@ -168,15 +247,28 @@ def read_decode(batch: dict[str, np.ndarray], max_pixels: int | None = None,
         cols["decoder"].append(decoder), cols["orientation"].append(orientation)
         cols["xmp"].append(xmp)
 
+    from facenet_platform.core.media.sniff import sniff
+    from facenet_platform.core.media.video import decode_video
+
     for i, path in enumerate(paths):
+        data = b""
         try:
-            data = read_bytes(path)
+            kind = sniff(read_head(path), path)
+            if kind.kind == "video":  # streamed to FFmpeg and hashed in chunks, never held whole
+                content_hash = hash_file(path)
+            else:
+                data = read_bytes(path)
+                content_hash = hashlib.sha256(data).hexdigest()
         except Exception as exc:  # noqa: BLE001
             row(i, "", "failed", "read", one_line_reason(exc, path), _PLACEHOLDER)
             continue
-        content_hash = hashlib.sha256(data).hexdigest()
         try:
-            media = decode_media(data, source=path, max_pixels=max_pixels, options=sampling)
+            if kind.kind == "video":
+                with open_input(path) as handle:
+                    media = decode_video(handle, source=path, max_pixels=max_pixels,
+                                         options=sampling, format=kind.format)
+            else:
+                media = decode_media(data, source=path, max_pixels=max_pixels, options=sampling)
         except Exception as exc:  # noqa: BLE001
             row(i, content_hash, "failed", "decode", one_line_reason(exc, path), _PLACEHOLDER)
             continue

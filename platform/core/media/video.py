@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from typing import BinaryIO
 
 import numpy as np
 
@@ -79,12 +80,14 @@ def _grey_signature(frame) -> np.ndarray:
     return grey.astype(np.float32) / 255.0
 
 
-def decode_video(data: bytes, *, source: str = "<bytes>", max_pixels: int | None = None,
-                 options: SamplingOptions | None = None, format: str = "VIDEO") -> DecodedMedia:
+def decode_video(data: bytes | BinaryIO, *, source: str = "<bytes>",
+                 max_pixels: int | None = None, options: SamplingOptions | None = None,
+                 format: str = "VIDEO") -> DecodedMedia:
     """Sample frames of a video (see the module docstring).
 
     Args:
-        data: the file's bytes.
+        data: the file's bytes, or a seekable binary file object (read as FFmpeg needs it:
+            a 4 GB video is never held in memory).
         source: name used in error messages.
         max_pixels: limit on one frame's ``width * height`` (``None``: ``$FACENET_MAX_PIXELS``).
         options: sampling options (defaults: :class:`SamplingOptions`).
@@ -112,7 +115,8 @@ def decode_video(data: bytes, *, source: str = "<bytes>", max_pixels: int | None
     started = time.monotonic()
     deadline = started + options.time_budget_s
     try:
-        container = av.open(io.BytesIO(bytes(data)), mode="r", metadata_errors="ignore")
+        handle = data if hasattr(data, "read") else io.BytesIO(bytes(data))
+        container = av.open(handle, mode="r", metadata_errors="ignore")
     except Exception as exc:  # noqa: BLE001 - av.error.* (InvalidDataError, EOFError, ...)
         text = _reason(exc)
         if "moov atom not found" in text or "EOF" in text or "truncat" in text.lower():
