@@ -83,9 +83,9 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                    help="frames sampled per video/animated image at most")
     g.add_argument("--no-rotation-retry", action="store_true",
                    help="do not retry faceless photos without EXIF orientation turned sideways")
-    g.add_argument("--rotation-retry-below", type=float, default=None, metavar="SCORE",
+    g.add_argument("--rotation-retry-below", type=float, default=0.99, metavar="SCORE",
                    help="also retry orientation-less photos whose best face scores below this "
-                        "(e.g. 0.99)")
+                        "(default 0.99; 0: only photos without a face)")
     g.add_argument("--no-xmp", action="store_true",
                    help="do not read XMP face regions (in-file and .xmp sidecars)")
     g = p.add_argument_group("incremental build")
