@@ -105,7 +105,7 @@ def decode_raw(data: bytes, *, source: str = "<bytes>", max_pixels: int | None =
         ImageTooLargeError: the sensor (demosaic path) or the preview exceeds ``max_pixels``.
         ImageError: not a RAW LibRaw reads, truncated or corrupt.
     """
-    from facenet_platform.core.images import StillImage, _resolve_limit, _too_large, decode_still
+    from facenet_platform.core.images import StillImage, _resolve_limit, _too_large
 
     try:
         import rawpy

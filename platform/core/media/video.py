@@ -28,7 +28,7 @@ import numpy as np
 from facenet_platform.core.errors import (ImageError, ImageTooLargeError, MediaDecodeTimeoutError,
                                           MissingDecoderError)
 from facenet_platform.core.media.frames import (DecodedMedia, Frame, FrameSelector,
-                                                SamplingOptions, downscale)
+                                                SamplingOptions)
 
 __all__ = ["decode_video", "video_available"]
 
