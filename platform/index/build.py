@@ -153,14 +153,19 @@ def _pipeline(work: list[SourceFile], options: BuildOptions, plan: ResourcePlan,
     per_block = max(options.read_batch_size * 2, math.ceil(len(work) / 4000))
     ds = ray.data.from_arrow(_blocks(table, per_block))
     ds = ds.map_batches(read_decode, batch_size=options.read_batch_size, batch_format="numpy",
-                        num_cpus=plan.decode_cpus, fn_kwargs={"max_pixels": options.max_pixels})
+                        num_cpus=plan.decode_cpus,
+                        fn_kwargs={"max_pixels": options.max_pixels,
+                                   "sampling": options.sampling(), "read_xmp": options.read_xmp})
     ds = ds.map_batches(
         DetectAlign, batch_size=options.detect_batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.detect_actors),
         num_cpus=plan.detect_cpus,
         fn_constructor_kwargs={"spec": spec.to_metadata(),
                                "min_face_size": options.min_face_size,
-                               "num_threads": plan.detect_threads, "faults": faults})
+                               "num_threads": plan.detect_threads,
+                               "rotation_retry": options.rotation_retry,
+                               "rotation_retry_below": options.rotation_retry_below,
+                               "faults": faults})
     embed_args: dict[str, Any] = {"num_cpus": plan.embed_cpus}
     if plan.embed_gpus:
         embed_args["num_gpus"] = plan.embed_gpus
@@ -230,7 +235,7 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         by_path, known = _known_states(files_log, options.retry_failed)
         logged_read_failures = _logged_read_failures(store, commits)
         committer = Committer(store, run_id, store.next_seq(commits), options, faults, known,
-                               model_id, embedding_size)
+                               model_id, embedding_size, shots=_shots(listing.files))
 
         # 1. skip by (path, size, mtime); hash the rest
         to_hash: list[SourceFile] = []
@@ -355,6 +360,30 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         return summary
     finally:
         store.release_lock(run_id)
+
+
+def _shots(files: list[SourceFile]) -> dict[str, str]:
+    """path -> shot id of RAW files and their renders (:mod:`facenet_platform.core.media.pairing`):
+    same folder and stem, confirmed by capture time and camera when both files carry them
+    (read from the first 512 KiB of the candidates only)."""
+    from facenet_platform.core.media.pairing import ShotMeta, pair_shots, read_shot_meta
+
+    from .stages import read_bytes
+
+    def meta(path: str) -> ShotMeta:
+        try:
+            if is_uri(path):
+                return read_shot_meta(read_bytes(path)[:512 * 1024])
+            with open(path, "rb") as handle:
+                return read_shot_meta(handle.read(512 * 1024))
+        except Exception:  # noqa: BLE001 - unreadable: the stem rule decides
+            return ShotMeta()
+
+    try:
+        return pair_shots([f.path for f in files], meta)
+    except Exception:  # noqa: BLE001 - pairing is a bonus; never fail a build on it
+        logger.warning("could not pair RAW files with their JPEGs", exc_info=True)
+        return {}
 
 
 def _logged_read_failures(store: CollectionStore, commits: list[dict]) -> set[tuple[str, str, str]]:
