@@ -15,7 +15,11 @@ Steps (each on the real platform code):
    detection: strangers, background faces and junk). A probe is named by its nearest person,
    either by the nearest single gallery face or by the person's mean template (unit mean of its
    gallery embeddings); the threshold is set so that 1% (5%) of impostors get a name, and the
-   figure is the share of probes named correctly at that threshold.
+   figure is the share of probes named correctly at that threshold;
+5. the baseline, in the same run: the same subject and stranger faces from their clean LFW
+   originals (``index build`` of a list of those images into ``<set>_lfw_index``, the central
+   face of each as in the LFW protocol), clustered with the same function and defaults and
+   identified with the same gallery and probe images (``--no-lfw-baseline`` skips it).
 
 Outputs (default names follow the set folder's name, ``wild`` -> ``benchmarks/out/wild_*``):
 
