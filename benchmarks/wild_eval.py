@@ -15,7 +15,11 @@ Steps (each on the real platform code):
    detection: strangers, background faces and junk). A probe is named by its nearest person,
    either by the nearest single gallery face or by the person's mean template (unit mean of its
    gallery embeddings); the threshold is set so that 1% (5%) of impostors get a name, and the
-   figure is the share of probes named correctly at that threshold.
+   figure is the share of probes named correctly at that threshold;
+5. the baseline, in the same run: the same subject and stranger faces from their clean LFW
+   originals (``index build`` of a list of those images into ``<set>_lfw_index``, the central
+   face of each as in the LFW protocol), clustered with the same function and defaults and
+   identified with the same gallery and probe images (``--no-lfw-baseline`` skips it).
 
 Outputs (default names follow the set folder's name, ``wild`` -> ``benchmarks/out/wild_*``):
 
@@ -441,6 +445,19 @@ def evaluate(set_dir: Path, index_dir: Path, out_parquet: Path, *, seed: int = 0
     identification.update(identification_scores(
         emb, identity, gal, prb, {"strangers": imp, "all_non_subjects": nonsub},
         _identify_threshold()))
+    if gal.any() and prb.any():
+        by_size = {}
+        for method in ("single", "mean"):
+            pp, _ = nearest_person(emb[prb], emb[gal], identity[gal].astype(str), method)
+            ok = pp == identity[prb].astype(str)
+            cells = {}
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                sel = (det_px[prb] >= lo) & (det_px[prb] < hi)
+                if sel.any():
+                    cells[f"{lo}-{hi}" if hi < 10_000 else f"{lo}+"] = [
+                        round(float(ok[sel].mean()), 3), int(sel.sum())]
+            by_size[method] = cells
+        identification["rank1_by_probe_face_px"] = by_size
     source = np.where(has, lab_source[np.clip(matched, 0, None)], None).astype(object)
     identification["gallery_sources"] = sorted(set(source[gal].tolist()))
     identification["probe_sources"] = sorted(set(source[prb].tolist()))
@@ -567,6 +584,10 @@ def markdown(result: dict[str, Any]) -> str:
         for name, block, imp in rows:
             for method, label in (("single", "nearest single photo"), ("mean", "mean template")):
                 lines.append(_id_row(name, label, block[method][imp]))
+        for method, label in (("single", "nearest single photo"), ("mean", "mean template")):
+            cells = i.get("rank1_by_probe_face_px", {}).get(method, {})
+            lines.append(f"\nWild rank-1 by probe face size (px), {label}: " + ", ".join(
+                f"{k}: {v[0]:.3f} (n={v[1]})" for k, v in cells.items()))
     return "\n".join(lines)
 
 
