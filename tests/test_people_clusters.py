@@ -232,6 +232,13 @@ def test_cluster_cli(collection, capsys):
     assert code == 0 and "incremental clustering" in out and "5 clusters" in out
 
 
+def test_cli_defaults_name_the_registered_clusterers():
+    from facenet_platform.index import people_cluster_defaults
+
+    assert set(people_cluster_defaults.ALGORITHMS) == set(cl.CLUSTERERS)
+    assert cl.DEFAULT_ALGORITHM in cl.CLUSTERERS
+
+
 def test_cluster_cli_errors(tmp_path, capsys):
     from facenet_platform.cli import main
 

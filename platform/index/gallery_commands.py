@@ -27,7 +27,7 @@ PROG = "facenet-platform"
 def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._SubParsersAction) -> None:
     """Add ``enroll``, ``add-identity``, ``remove-identity``, ``cluster`` to the ``index`` group
     and ``identify`` to the top level."""
-    from . import people_clusters as cl
+    from . import people_cluster_defaults as cl
     from .faiss_index import DEFAULT_AUTO_THRESHOLD, INDEX_TYPES
 
     index_types = ["auto", *INDEX_TYPES]
@@ -66,7 +66,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--min-faces", type=int, default=None,
                    help=f"smallest cluster kept; smaller groups stay unassigned "
                         f"(default {cl.DEFAULT_MIN_FACES})")
-    p.add_argument("--algorithm", choices=sorted(cl.CLUSTERERS), default=None,
+    p.add_argument("--algorithm", choices=sorted(cl.ALGORITHMS), default=None,
                    help=f"clustering on the k-NN graph (default {cl.DEFAULT_ALGORITHM})")
     p.add_argument("--neighbors", type=int, default=None,
                    help=f"k of the k-NN graph (default {cl.DEFAULT_NEIGHBORS})")
