@@ -128,6 +128,15 @@ def test_video_and_raw_pair_count_once_with_the_best_face(built) -> None:
     shot = next(p for p in photos.values() if p["shot_id"] is not None)
     assert {os.path.basename(p) for p in shot["paths"]} == {"IMG_1.dng", "IMG_1.jpg"}
     assert len(shot["faces"][person.id]) == 2
+    # the Serve people reader answers the same photos
+    from facenet_platform.serve.deployments import PeopleReaderImpl
+
+    served = PeopleReaderImpl(str(index), check_interval_s=0).photos(person.id, [], 0, 50, 0)
+    assert served["total"] == 4
+    pair = next(p for p in served["photos"] if len(p["photo_ids"]) == 2)
+    assert pair["best_face"] in shot["faces"][person.id]
+    clip = next(p for p in served["photos"] if p["best_face"] in faces["clip.mp4"])
+    assert len(clip["faces"][person.id]) == 2
 
 
 def test_a_rejection_wins_over_the_xmp_name(built) -> None:
