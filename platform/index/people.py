@@ -37,7 +37,7 @@ from facenet_platform.core.errors import ConfigError
 from .face_ids import check_face_id
 from .layout import IndexLayout
 from .people_data import (
-    CollectionFaces, EnrolledFaces, embeddings_of, enrolled_faces, read_collection,
+    CollectionFaces, EnrolledFaces, embeddings_of, enrolled_faces, photo_keys, read_collection,
 )
 from .people_engine import PeopleOptions, person_templates, update_assignments
 from .people_store import (
@@ -79,10 +79,16 @@ def _store(index_dir) -> PeopleStore:
 # derived data: counts, covers, templates
 # =============================================================================================
 
-def refresh_people(state: PeopleState, pids: set[str] | None = None) -> None:
+def refresh_people(state: PeopleState, pids: set[str] | None = None,
+                   shots: dict[str, str] | None = None) -> None:
     """Face and photo counts and covers of ``pids`` (None: everyone); drops people left
-    without faces who have no name and no enrolled photos."""
+    without faces who have no name and no enrolled photos.
+
+    A photo is counted by its key: its shot id when it has one (``shots``, content hash ->
+    shot id: a RAW and its JPEG are one photo), else its content hash (a video is one photo
+    however many of its frames show the person)."""
     faces = state.faces
+    shots = shots or {}
     options = options_of(state.settings)
     if pids is None:
         pids = set(state.people)
@@ -113,7 +119,8 @@ def refresh_people(state: PeopleState, pids: set[str] | None = None) -> None:
             cover = str(faces.face_id[good[np.argmax(faces.quality[good])]]) if len(good) else None
         state.people[pid] = Person(person.id, person.name, person.hidden, cover,
                                    person.enrolled_as, person.created_at, int(len(rows)),
-                                   int(len(set(faces.content_hash[rows].tolist()))))
+                                   int(len({shots.get(h, h) for h in
+                                            faces.content_hash[rows].tolist()})))
 
 
 def _templates_for(layout: IndexLayout, state: PeopleState, pids: set[str],
@@ -152,7 +159,7 @@ def _finish(tx: Transaction, touched: set[str], *, faces_changed: bool) -> None:
     """Counts and covers of ``touched`` people; their templates when their faces changed."""
     state = tx.state
     touched = {p for p in touched if p}
-    refresh_people(state, touched)
+    refresh_people(state, touched, photo_keys(tx.store.layout) if touched else None)
     tx.counts_changed = True
     if faces_changed and touched:
         fresh = _templates_for(tx.store.layout, state, touched)
@@ -454,6 +461,7 @@ class UpdateSummary:
     seconds: float = 0.0
     search_index: str = ""
     metrics: dict[str, Any] | None = None
+    xmp_seeded: dict[str, int] = field(default_factory=dict)  # XMP name -> faces seeded
 
     def to_dict(self) -> dict[str, Any]:
         from .people_clusters import size_histogram
@@ -486,6 +494,9 @@ class UpdateSummary:
             + (f", {self.enrolled_linked} from the enrolled gallery" if self.enrolled_linked
                else "") + f"); {self.seconds:.1f} s",
         ]
+        if self.xmp_seeded:
+            lines.append("xmp:      " + ", ".join(f"{n!r} {k} faces"
+                                                  for n, k in self.xmp_seeded.items()))
         if self.metrics is not None:
             hist = ", ".join(f"{k}: {v}" for k, v in size_histogram(self.sizes).items())
             lines.append(f"sizes:    {hist or 'none'}; largest {self.sizes[:10]}")
@@ -719,7 +730,7 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
         now = _now()
         for pid in set(new_person.tolist()) - {None} - before_people:
             state.people[pid] = Person(pid, created_at=now)
-        refresh_people(state)
+        refresh_people(state, shots=photo_keys(layout))
         tx.counts_changed = True
 
         ids, templates, own = person_templates(x, q, p_out, opts)
@@ -754,8 +765,15 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
             tx.cancel()
         tx.summary = (f"{summary.mode}: {summary.new_faces} new faces, {summary.joined} joined "
                       f"people, {summary.new_people} new people, {summary.unassigned} to nobody")
+    from .people_xmp import seed_xmp_names
+
+    seeded = seed_xmp_names(store, faces)
+    if seeded:
+        summary.xmp_seeded = seeded
+        summary.named = sum(p.name is not None for p in store.load(templates=False)
+                            .people.values())
     summary.seconds = time.perf_counter() - t0
-    if tx.event is None:
+    if tx.event is None or seeded is not None:
         summary.version = store.version()
     return summary
 

@@ -1,10 +1,11 @@
-"""CLI of the people: ``people update|list|show|photos|name|merge|move|reject|hide|unhide|
-history|undo`` and the top-level ``search-face``.
+"""CLI of the people: ``people update|list|show|photos|export-xmp|name|merge|move|reject|hide|
+unhide|history|undo`` and the top-level ``search-face``.
 
     facenet-platform people update --index DIR [--recluster] [--min-quality Q] [--metrics] [--json]
     facenet-platform people list --index DIR [--named|--unnamed|--hidden|--all] [--min-faces N] [--json]
     facenet-platform people show PERSON --index DIR [--sheet PNG] [--json]
     facenet-platform people photos PERSON [--with PERSON...] --index DIR [--json | -o photos.parquet]
+    facenet-platform people export-xmp --index DIR [--json]
     facenet-platform people name PERSON NAME --index DIR
     facenet-platform people merge PERSON PERSON... --index DIR
     facenet-platform people move FACE... --to PERSON|new --index DIR
@@ -128,6 +129,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("-o", "--output", default=None, metavar="PHOTOS_PARQUET",
                    help="write the photos to a Parquet file")
     p.set_defaults(handler=cmd_photos)
+
+    p = sub.add_parser("export-xmp", help="write named faces as .xmp sidecars next to the "
+                                          "photos (the photos are never rewritten)")
+    _index_option(p)
+    _json_option(p)
+    p.set_defaults(handler=cmd_export_xmp)
 
     p = sub.add_parser("name", help="name a person")
     p.add_argument("person", metavar="PERSON", help="person id (p17) or current name")
@@ -318,6 +325,14 @@ def cmd_photos(args: argparse.Namespace) -> int:
             faces = " ".join(f for pid in ids for f in photo["faces"][pid])
             print(f"{photo['path']}  ({faces})")
         print(f"{len(photos)} photos of {' with '.join(p.label for p in people)}")
+    return 0
+
+
+def cmd_export_xmp(args: argparse.Namespace) -> int:
+    from .people_xmp import export_xmp
+
+    summary = export_xmp(args.index_dir)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.text())
     return 0
 
 
