@@ -44,6 +44,11 @@ from . import people_knn as pk
 logger = logging.getLogger(__name__)
 
 TEMPLATE_KINDS = ("mean", "centroids")
+#: Faces above which the k-NN graph goes through HNSW. Lower than the gallery's switch
+#: (``faiss_index.DEFAULT_AUTO_THRESHOLD``, which is about one query's latency): the graph asks
+#: every face, so exact search costs N^2; on all of LFW (13,233 faces) HNSW gave the very same
+#: people (bench_people.py), and exact was 1.6x faster there, 80 vs 125 s on a loaded machine.
+APPROXIMATE_ABOVE = 20_000
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class PeopleOptions:
     template: str = "mean"
     max_centroids: int = 3
     approximate: bool | None = None
-    approximate_above: int = fx.DEFAULT_AUTO_THRESHOLD
+    approximate_above: int = APPROXIMATE_ABOVE
     use_ray: bool | None = None
     seed: int = 0
 

@@ -227,6 +227,9 @@ class KnnShard:
         index = faiss.read_index(self.path, flag) if flag else faiss.read_index(self.path)
         self.knn = KnnIndex(index, kind, int(index.d))
 
+    def ready(self) -> bool:
+        return True
+
     def search_range(self, start: int, stop: int, k: int, ef_search: int
                      ) -> tuple[int, np.ndarray, np.ndarray]:
         """The graph rows ``start..stop-1`` (vectors read from the index itself)."""
@@ -308,6 +311,9 @@ def _search_ray(knn: KnnIndex, rows: np.ndarray, full: bool, k: int, actors: int
     nb = np.empty((m, k), np.int64)
     d = np.empty((m, k), np.float32)
     try:
+        # once every actor has its node-local copy mapped, the object store's copy can go
+        ray.get([a.ready.remote() for a in pool_actors])
+        del data_ref
         pool = ActorPool(pool_actors)
         if full:
             results = pool.map_unordered(
@@ -326,5 +332,4 @@ def _search_ray(knn: KnnIndex, rows: np.ndarray, full: bool, k: int, actors: int
         ray.get([a.close.remote() for a in pool_actors])
         for a in pool_actors:
             ray.kill(a)
-        del data_ref
     return nb, d
