@@ -384,6 +384,21 @@ def test_people_gallery_answers_named_visible_people(world):
     assert fresh.search(probes[:1], 1)[0][0].name == "Alice Liddell"
 
 
+def test_bulk_search_answers_like_identify(world):
+    from facenet_platform.index.search import GallerySearcher
+
+    w, index = world
+    who = people_by_identity(w, index)
+    pp.name_person(index, who["alice"], "Alice")
+    batch = {"path": np.array(["a.jpg", "b.jpg"], object), "face_index": np.array([0, 0]),
+             "embedding": np.stack([w.face("alice"), w.face("bob")])}
+    out = GallerySearcher(str(index), top_k=2)(batch)
+    first = out["rank"] == 0
+    assert list(out["name"][first]) == ["Alice", ""]          # Bob has no name yet
+    assert list(out["person_id"][first]) == [who["alice"], who["bob"]]
+    assert list(out["is_match"][first]) == [True, False]      # only a name is a match
+
+
 # --------------------------------------------------------------------------------------------
 # the CLI
 
