@@ -541,3 +541,31 @@ def test_killed_update_leaves_before(world, how):
     summary = pp.update_people(index)
     assert summary.version == 2 and summary.new_faces == 1 and summary.joined == 1
     assert store.load().faces.rows(w.photos[-1].face_ids()) is not None
+
+
+def test_people_on_another_pyarrow_filesystem():
+    """The store only goes through the index's pyarrow filesystem (here pyarrow's in-memory
+    test filesystem): versions, events, undo and the search index all work there."""
+    import pyarrow.fs as pafs
+
+    from facenet_platform.index.layout import IndexLayout
+    from facenet_platform.index.people_read import FaceSearcher
+
+    layout = IndexLayout(pafs._MockFileSystem(), "/bucket/index")
+    w = World(seed=2)
+    for k in range(4):
+        w.photo(f"/p/a/{k}.jpg", ["a"])
+    for k in range(3):
+        w.photo(f"/p/b/{k}.jpg", ["b"])
+    commit_photos(layout, w.photos)
+    assert pp.update_people(layout).people == 2
+    state = PeopleStore(layout).load()
+    pid = state.faces.person[state.faces.rows(w.faces_of("a"))[0]]
+    pp.name_person(layout, pid, "Ann")
+    pp.reject_faces(layout, w.faces_of("a")[:1])
+    pp.undo(layout)
+    store = PeopleStore(layout)
+    assert [e.kind for e in store.history()] == ["update", "name", "reject", "undo"]
+    assert store.load().person("Ann").n_faces == 4
+    hits = FaceSearcher(layout).search(w.face("a")[None], 3)[0]
+    assert len(hits) == 3 and {h.name for h in hits} == {"Ann"}
