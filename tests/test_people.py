@@ -384,6 +384,21 @@ def test_people_gallery_answers_named_visible_people(world):
     assert fresh.search(probes[:1], 1)[0][0].name == "Alice Liddell"
 
 
+def test_bulk_search_answers_like_identify(world):
+    from facenet_platform.index.search import GallerySearcher
+
+    w, index = world
+    who = people_by_identity(w, index)
+    pp.name_person(index, who["alice"], "Alice")
+    batch = {"path": np.array(["a.jpg", "b.jpg"], object), "face_index": np.array([0, 0]),
+             "embedding": np.stack([w.face("alice"), w.face("bob")])}
+    out = GallerySearcher(str(index), top_k=2)(batch)
+    first = out["rank"] == 0
+    assert list(out["name"][first]) == ["Alice", ""]          # Bob has no name yet
+    assert list(out["person_id"][first]) == [who["alice"], who["bob"]]
+    assert list(out["is_match"][first]) == [True, False]      # only a name is a match
+
+
 # --------------------------------------------------------------------------------------------
 # the CLI
 
@@ -526,3 +541,31 @@ def test_killed_update_leaves_before(world, how):
     summary = pp.update_people(index)
     assert summary.version == 2 and summary.new_faces == 1 and summary.joined == 1
     assert store.load().faces.rows(w.photos[-1].face_ids()) is not None
+
+
+def test_people_on_another_pyarrow_filesystem():
+    """The store only goes through the index's pyarrow filesystem (here pyarrow's in-memory
+    test filesystem): versions, events, undo and the search index all work there."""
+    import pyarrow.fs as pafs
+
+    from facenet_platform.index.layout import IndexLayout
+    from facenet_platform.index.people_read import FaceSearcher
+
+    layout = IndexLayout(pafs._MockFileSystem(), "/bucket/index")
+    w = World(seed=2)
+    for k in range(4):
+        w.photo(f"/p/a/{k}.jpg", ["a"])
+    for k in range(3):
+        w.photo(f"/p/b/{k}.jpg", ["b"])
+    commit_photos(layout, w.photos)
+    assert pp.update_people(layout).people == 2
+    state = PeopleStore(layout).load()
+    pid = state.faces.person[state.faces.rows(w.faces_of("a"))[0]]
+    pp.name_person(layout, pid, "Ann")
+    pp.reject_faces(layout, w.faces_of("a")[:1])
+    pp.undo(layout)
+    store = PeopleStore(layout)
+    assert [e.kind for e in store.history()] == ["update", "name", "reject", "undo"]
+    assert store.load().person("Ann").n_faces == 4
+    hits = FaceSearcher(layout).search(w.face("a")[None], 3)[0]
+    assert len(hits) == 3 and {h.name for h in hits} == {"Ann"}

@@ -7,7 +7,9 @@
       tables/faces-<N>.parquet         one row per face known to the people (FACES_SCHEMA)
       tables/rejections-<N>.parquet    (face, person) pairs: "not this person" (REJECTIONS_SCHEMA)
       tables/templates-<N>.parquet     per-person matching templates (templates_schema)
-      tables/search-<N>.faiss          FAISS index over every face's embedding (search-face)
+      tables/search-<N>.faiss          the k-NN index of people update over every face (and
+                                       enrolled photo), extended run after run; search-face's
+      tables/search-<N>.ids.parquet    its row keys: face id, or g<gallery id>
       events/<N>.json                  the decision that made version N (kind, args, summary)
       events/<N>.diff.parquet          what it changed, before and after (DIFF_SCHEMA; undo)
       LOCK                             held by the writer (locking.WriterLock)

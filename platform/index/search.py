@@ -343,9 +343,10 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
                     pa.array(batch["name"].astype(str), pa.string()),
                     pa.array(batch["distance"], pa.float32()),
                     pa.array(batch["is_match"], pa.bool_()),
-                    pa.array(batch["person_id"].tolist(), pa.string()),
-                    pa.array(batch["quality"], pa.float32()).fill_null(float("nan")).cast(
-                        pa.float32()),
+                    # ids, or None (Ray Data may hand an all-None column back as NaNs)
+                    pa.array([p if isinstance(p, str) else None for p in batch["person_id"]],
+                             pa.string()),
+                    pa.array(np.asarray(batch["quality"], np.float32), pa.float32()),
                 ], schema=schema_out)
                 writer.write_table(table)
                 summary.rows += n
