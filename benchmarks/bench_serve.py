@@ -305,6 +305,8 @@ def main() -> int:
                    help="seconds of decisions around the writer kill")
     g.add_argument("--grid-requests", type=int, default=400,
                    help="GET /v1/people pages per grid size")
+    g.add_argument("--grid-sizes", type=int, nargs="+", default=[100, 10_000],
+                   help="people in the grid stores (the first is the baseline)")
     args = ap.parse_args()
     if args.only_people:
         args.people_figures = True

@@ -327,7 +327,7 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
 
     # 2. grids of 100 and 10,000 people
     out["grid"] = {}
-    for n in (100, 10_000):
+    for n in args.grid_sizes:
         grid_index = work / f"grid-{n}"
         seconds = seed_people(grid_index, n)
         deploy_fn(grid_index)

@@ -173,7 +173,8 @@ def test_serve_config_is_valid_for_ray_and_builds(tmp_path):
     assert app["import_path"] == "facenet_platform.serve.app:build_app"
     assert app["args"] == {"index_dir": str(tmp_path / "idx"), "max_batch_size": 8}
     names = [d["name"] for d in app["deployments"]]
-    assert names == ["FaceAPI", "Detector", "Embedder", "Searcher", "Thumbnailer", "GalleryWriter"]
+    assert names == ["FaceAPI", "Detector", "Embedder", "Searcher", "Thumbnailer", "PeopleReader",
+                     "GalleryWriter"]
     # Serve validates `args:` into the builder's pydantic annotation; a plain dict works too.
     built = build_app(AppArgs.model_validate(app["args"]))
     assert type(built).__name__ == "Application"

@@ -146,9 +146,11 @@ function askForKey(message) {
   const dialog = $("key-dialog");
   if (message) dialog.querySelector(".meta").textContent =
     `${message}. The key is kept in this tab only (sessionStorage).`;
-  $("apikey").value = apiKey();
-  openDialog(dialog);
-  $("apikey").focus();
+  if (!dialog.open) {  // never wipe what someone is typing
+    $("apikey").value = apiKey();
+    openDialog(dialog);
+    $("apikey").focus();
+  }
   return new Promise((resolve) => keyWaiters.push(resolve));
 }
 
@@ -283,6 +285,7 @@ async function showPeople() {
 // -- one person --------------------------------------------------------------------------------
 
 const person = { id: null, data: null, faces: [], selected: new Set(), photos: 0 };
+let keepStatus = false;
 
 function faceTile(face) {
   const li = document.createElement("li");
@@ -384,7 +387,8 @@ async function afterDecision(result, fallbackText) {
   setStatus(result.event ? `${result.event.summary}.` : fallbackText, "done");
   if (person.id) {
     try { await loadPerson(person.id); } catch (error) {
-      // the person is gone (merged away): go to the grid
+      // the person is gone (merged away): go to the grid, keeping the message
+      keepStatus = true;
       location.hash = "#/people";
     }
   }
@@ -539,7 +543,7 @@ function renderIdentified() {
     const name = document.createElement("span");
     name.className = "decision" + (face.decision === "unknown" ? " unknown" : "");
     name.textContent = face.decision;
-    li.append(`${i + 1}. `, name);
+    li.append(name);
     if (face.person) {
       const link = document.createElement("a");
       link.href = `#/person/${enc(face.person)}`;
@@ -618,18 +622,20 @@ async function loadIdentities() {
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "quiet small";
-    remove.textContent = "forget";
-    remove.setAttribute("aria-label", `forget ${who.name}`);
+    remove.textContent = "forget enrolled photos";
+    remove.setAttribute("aria-label", `forget the enrolled photos of ${who.name}`);
     remove.addEventListener("click", async () => {
-      const ok = await confirmAction(`Forget ${who.name}?`,
-        `Every enrolled photo of ${who.name} is deleted from the gallery.`, "Forget");
+      const ok = await confirmAction(`Forget the enrolled photos of ${who.name}?`,
+        `The photos enrolled under ${who.name} are deleted from the gallery; the person and ` +
+        "their collection faces stay (hide the person to stop identify answering them).",
+        "Forget");
       if (!ok) return;
       const done = await action(`Forgetting ${who.name}`,
         () => api("DELETE", `v1/identities/${enc(who.name)}`));
       if (done !== undefined) { setStatus(`${who.name} forgotten.`, "done"); loadIdentities(); }
     });
     li.append(`${who.name} `, Object.assign(document.createElement("span"),
-      { className: "meta", textContent: `${who.faces} photo(s) ` }), remove);
+      { className: "meta", textContent: `${who.faces} face(s) ` }), remove);
     list.append(li);
   }
 }
@@ -658,7 +664,7 @@ async function chooseIdentify(file) {
 
 // -- routing and wiring ------------------------------------------------------------------------
 
-function route() {
+function route(load = true) {
   const hash = location.hash || "#/people";
   const [, view, arg] = hash.match(/^#\/([a-z]+)\/?(.*)$/) || [null, "people", ""];
   for (const name of ["people", "person", "search", "identify"]) {
@@ -668,10 +674,14 @@ function route() {
     if (a.dataset.nav === (view === "person" ? "people" : view)) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
+  if (!["people", "person", "search", "identify"].includes(view)) {
+    location.hash = "#/people";
+    return;
+  }
+  if (!load) return;
   if (view === "person" && arg) showPerson(decodeURIComponent(arg));
   else if (view === "people") showPeople();
   else if (view === "identify") loadIdentities();
-  if (!["people", "person", "search", "identify"].includes(view)) location.hash = "#/people";
 }
 
 function wireDrop(dropId, inputId, onFile) {
@@ -739,7 +749,12 @@ window.addEventListener("DOMContentLoaded", () => {
   $("photos-more").addEventListener("click", () => loadPhotos(true));
   wireDrop("search-drop", "search-file", chooseSearch);
   wireDrop("drop", "file", chooseIdentify);
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => {
+    if (!keepStatus) setStatus("", "idle");  // a message belongs to the view it was made on
+    keepStatus = false;
+    route();
+  });
+  // Without a key nothing can be shown: ask first (saving it shows the page).
+  route(Boolean(apiKey()));
   if (!apiKey()) askForKey("Enter the API key the service was started with");
-  route();
 });
