@@ -92,16 +92,7 @@ def refresh_people(state: PeopleState, pids: set[str] | None = None,
     options = options_of(state.settings)
     if pids is None:
         pids = set(state.people)
-        has = np.fromiter((p is not None for p in faces.person), bool, len(faces))
-        rows_by = {}
-        if has.any():
-            order = np.flatnonzero(has)
-            keys = faces.person[order].astype(str)
-            sort = np.argsort(keys, kind="stable")
-            keys, order = keys[sort], order[sort]
-            uniq, starts = np.unique(keys, return_index=True)
-            ends = np.r_[starts[1:], len(keys)]
-            rows_by = {str(u): order[s:e] for u, s, e in zip(uniq, starts, ends)}
+        rows_by = faces.rows_by_person()
     else:
         rows_by = {pid: faces.members(pid) for pid in pids}
     for pid in pids:

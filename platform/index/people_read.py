@@ -13,7 +13,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,15 @@ __all__ = ["FaceSearcher", "PHOTOS_SCHEMA", "face_rows", "list_people", "person_
 #: HNSW search breadth of ``search-face``.
 SEARCH_EF = 128
 #: Filters of ``people list``.
-FILTERS = ("visible", "named", "unnamed", "hidden", "all")
+#: Filters of people lists: which people each one keeps.
+PERSON_FILTERS: dict[str, Callable[[Person], bool]] = {
+    "visible": lambda p: not p.hidden,
+    "named": lambda p: not p.hidden and p.name is not None,
+    "unnamed": lambda p: not p.hidden and p.name is None,
+    "hidden": lambda p: p.hidden,
+    "all": lambda p: True,
+}
+FILTERS = tuple(PERSON_FILTERS)
 
 PHOTOS_SCHEMA = pa.schema([
     pa.field("content_hash", pa.string(), nullable=False),
@@ -58,13 +66,7 @@ def list_people(state: PeopleState, which: str = "visible", min_faces: int = 0) 
         raise ConfigError(f"unknown filter {which!r}; one of {', '.join(FILTERS)}")
     if min_faces < 0:
         raise ConfigError(f"--min-faces must be >= 0, got {min_faces}")
-    keep = {
-        "visible": lambda p: not p.hidden,
-        "named": lambda p: not p.hidden and p.name is not None,
-        "unnamed": lambda p: not p.hidden and p.name is None,
-        "hidden": lambda p: p.hidden,
-        "all": lambda p: True,
-    }[which]
+    keep = PERSON_FILTERS[which]
     people = [p for p in state.people.values() if keep(p) and p.n_faces >= min_faces]
     return sorted(people, key=lambda p: (-p.n_faces, int(p.id[1:]) if p.id[1:].isdigit() else 0))
 

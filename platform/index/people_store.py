@@ -316,6 +316,20 @@ class FaceTable:
         """Rows of the faces of person ``pid``."""
         return np.flatnonzero(self.person == pid)
 
+    def rows_by_person(self) -> dict[str, np.ndarray]:
+        """Person id -> rows of its faces (ascending), for every person with a face; one sort
+        instead of a scan per person."""
+        has = np.fromiter((p is not None for p in self.person), bool, len(self.person))
+        if not has.any():
+            return {}
+        order = np.flatnonzero(has)
+        keys = self.person[order].astype(str)
+        sort = np.argsort(keys, kind="stable")
+        keys, order = keys[sort], order[sort]
+        uniq, starts = np.unique(keys, return_index=True)
+        ends = np.r_[starts[1:], len(keys)]
+        return {str(u): order[s:e] for u, s, e in zip(uniq, starts, ends)}
+
     def to_table(self) -> pa.Table:
         return pa.Table.from_arrays([
             pa.array(self.face_id.tolist(), pa.string()),

@@ -24,6 +24,7 @@ import numpy as np
 
 from facenet_platform.core.errors import ConfigError, DatasetError
 from facenet_platform.index.face_ids import FaceIdError
+from facenet_platform.index.people_read import FILTERS, list_people
 from facenet_platform.index.people_store import (
     Event,
     PeopleBusyError,
@@ -41,7 +42,6 @@ from .catalog import PhotoCatalog, photo_id
 logger = logging.getLogger(__name__)
 
 #: Filters of the people list (``visible``: not hidden).
-FILTERS = ("visible", "named", "unnamed", "hidden", "all")
 #: Decisions the writer applies, and what each takes.
 DECISIONS = ("name", "merge", "move", "reject", "hide", "unhide", "undo")
 #: How an idempotency key may be spelled (a client's retry key; 8 to 100 characters).
@@ -152,16 +152,7 @@ class PeopleView:
 
     def _sorted(self, which: str) -> list[Person]:
         if which not in self._lists:
-            keep = {
-                "visible": lambda p: not p.hidden,
-                "named": lambda p: not p.hidden and p.name is not None,
-                "unnamed": lambda p: not p.hidden and p.name is None,
-                "hidden": lambda p: p.hidden,
-                "all": lambda p: True,
-            }[which]
-            people = [p for p in self.state.people.values() if keep(p)]
-            people.sort(key=lambda p: (-p.n_faces, int(p.id[1:])))
-            self._lists[which] = people
+            self._lists[which] = list_people(self.state, which)
         return self._lists[which]
 
     def list_people(self, which: str = "visible", *, min_faces: int = 0, offset: int = 0,
@@ -192,18 +183,7 @@ class PeopleView:
 
     def _person_rows(self) -> dict[str, np.ndarray]:
         if self._rows is None:
-            faces = self.state.faces
-            has = np.fromiter((p is not None for p in faces.person), bool, len(faces))
-            rows: dict[str, np.ndarray] = {}
-            if has.any():
-                order = np.flatnonzero(has)
-                keys = faces.person[order].astype(str)
-                sort = np.argsort(keys, kind="stable")
-                keys, order = keys[sort], order[sort]
-                uniq, starts = np.unique(keys, return_index=True)
-                ends = np.r_[starts[1:], len(keys)]
-                rows = {str(u): order[s:e] for u, s, e in zip(uniq, starts, ends)}
-            self._rows = rows
+            self._rows = self.state.faces.rows_by_person()
         return self._rows
 
     def _live_rows(self, pid: str) -> np.ndarray:
