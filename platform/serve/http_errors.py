@@ -14,11 +14,14 @@ from facenet_platform.core.errors import (ConfigError, ImageError, ImageTooLarge
                                           NoFaceFoundError)
 from facenet_platform.index.face_ids import FaceIdError
 from facenet_platform.index.gallery import GalleryError, UnknownIdentityError
+from facenet_platform.index.people_store import (PeopleBusyError, PeopleError,
+                                                 UndoConflictError, UnknownFaceError,
+                                                 UnknownPersonError)
 
 from .catalog import PhotoIdError
 from .uploads import BadUpload, BodyTooLarge
 
-__all__ = ["ERROR_STATUS", "Failure", "failure_for", "http_status"]
+__all__ = ["ERROR_STATUS", "PEOPLE_EXCEPTIONS", "Failure", "failure_for", "http_status"]
 
 #: ``(exception class, HTTP status, error code)``, the first class that matches wins (subclasses
 #: before their bases). An exception of none of these is a 500 ``internal_error``.
@@ -28,12 +31,21 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (BadUpload, 400, "bad_upload"),
     (ImageError, 400, "bad_image"),
     (NoFaceFoundError, 422, "no_face"),
+    (UnknownPersonError, 404, "unknown_person"),
+    (UnknownFaceError, 404, "unknown_face"),
+    (UndoConflictError, 409, "undo_conflict"),
+    (PeopleBusyError, 409, "busy"),
+    (PeopleError, 409, "conflict"),
     (FaceIdError, 400, "invalid_id"),
     (PhotoIdError, 400, "invalid_id"),
     (UnknownIdentityError, 404, "unknown_identity"),
     (GalleryError, 503, "gallery_unavailable"),
     (ConfigError, 400, "bad_request"),
 )
+
+#: What a people read or decision may raise as a user's error (the rest of the table's entries
+#: apply too; these are the ones :func:`.people_service.failure_of` answers itself).
+PEOPLE_EXCEPTIONS: tuple[type[BaseException], ...] = (PeopleError, FaceIdError, ConfigError)
 
 
 @dataclass(frozen=True)

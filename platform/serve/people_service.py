@@ -17,27 +17,16 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from facenet_platform.core.errors import ConfigError, DatasetError
-from facenet_platform.index.face_ids import FaceIdError
 from facenet_platform.index.people_read import FILTERS, list_people
-from facenet_platform.index.people_store import (
-    Event,
-    PeopleBusyError,
-    PeopleError,
-    PeopleState,
-    PeopleStore,
-    Person,
-    UndoConflictError,
-    UnknownFaceError,
-    UnknownPersonError,
-)
+from facenet_platform.index.people_store import Event, PeopleState, PeopleStore, Person
 
 from .catalog import PhotoCatalog, photo_id
+from .http_errors import PEOPLE_EXCEPTIONS, http_status
 
 logger = logging.getLogger(__name__)
 
@@ -46,27 +35,6 @@ logger = logging.getLogger(__name__)
 DECISIONS = ("name", "merge", "move", "reject", "hide", "unhide", "undo")
 #: How an idempotency key may be spelled (a client's retry key; 8 to 100 characters).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{8,100}")
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A failed read or decision: HTTP status, error code, message (crosses Ray handles)."""
-
-    status: int
-    code: str
-    message: str
-
-
-#: people exception -> (status, code); first match wins (subclasses first).
-PEOPLE_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (UnknownPersonError, 404, "unknown_person"),
-    (UnknownFaceError, 404, "unknown_face"),
-    (UndoConflictError, 409, "undo_conflict"),
-    (PeopleBusyError, 409, "busy"),
-    (FaceIdError, 400, "invalid_id"),
-    (PeopleError, 409, "conflict"),
-    (ConfigError, 400, "bad_request"),
-)
 
 
 def redact(message: str, *paths: str) -> str:
@@ -81,12 +49,12 @@ def redact(message: str, *paths: str) -> str:
 def failure_of(exc: BaseException, *paths: str) -> Optional[tuple[int, str, str]]:
     """``(status, code, message)`` of a people error, or None when it is not one; ``paths``
     are removed from the message (see :func:`redact`)."""
-    for cls, status, code in PEOPLE_ERRORS:
-        if isinstance(exc, cls):
-            message = str(exc)
-            if isinstance(exc, KeyError) and message.startswith("'"):
-                message = message.strip("'")
-            return status, code, redact(message, *paths)
+    mapped = http_status(exc) if isinstance(exc, PEOPLE_EXCEPTIONS) else None
+    if mapped is not None:
+        message = str(exc)
+        if isinstance(exc, KeyError) and message.startswith("'"):
+            message = message.strip("'")
+        return mapped[0], mapped[1], redact(message, *paths)
     if isinstance(exc, DatasetError):
         return dataset_failure(exc, *paths)
     return None
