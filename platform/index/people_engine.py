@@ -49,6 +49,8 @@ TEMPLATE_KINDS = ("mean", "centroids")
 #: every face, so exact search costs N^2; on all of LFW (13,233 faces) HNSW gave the very same
 #: people (bench_people.py), and exact was 1.6x faster there, 80 vs 125 s on a loaded machine.
 APPROXIMATE_ABOVE = 20_000
+#: Candidate pairs whose linkage is computed at once (two (PAIR_BLOCK, D) float32 gathers).
+PAIR_BLOCK = 32_768
 
 
 @dataclass(frozen=True)
@@ -456,8 +458,8 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
         m = _group_means(x, compact[lab[member]], w[member], len(involved),
                          rows=member if rows is None else rows[member])
         dist = np.empty(len(a), np.float32)
-        for s in range(0, len(a), 1 << 20):
-            ma, mb = m[compact[a[s:s + (1 << 20)]]], m[compact[b[s:s + (1 << 20)]]]
+        for s in range(0, len(a), PAIR_BLOCK):
+            ma, mb = m[compact[a[s:s + PAIR_BLOCK]]], m[compact[b[s:s + PAIR_BLOCK]]]
             dist[s:s + len(ma)] = 2.0 - 2.0 * np.einsum("ij,ij->i", ma, mb)
         ok = dist <= merge_distance
         a, b, dist = a[ok], b[ok], dist[ok]
