@@ -285,13 +285,19 @@ def test_ray_sharded_knn_equals_in_process(ray_local, approximate):
     assert not np.any(nb == np.arange(1500)[:, None]) and np.all(np.diff(d, axis=1) >= 0)
 
 
-def test_update_through_ray_equals_in_process(ray_local):
+def test_update_through_ray_equals_in_process(ray_local, monkeypatch):
+    from facenet_platform.index import people_knn as pk
+
     x, labels, _, _ = planted(people=8, per=6)
     n = len(x)
+    calls = []
+    real = pk._search_ray
+    monkeypatch.setattr(pk, "_search_ray", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(pk, "RAY_MIN_QUERIES", 10)     # this small set goes to Ray too
     outs = [pe.update_assignments(x, np.ones(n), none(n), np.zeros(n, bool), {},
                                   pe.PeopleOptions(use_ray=use_ray), ids())
             for use_ray in (False, True)]
-    assert list(outs[0]) == list(outs[1])
+    assert list(outs[0]) == list(outs[1]) and calls
 
 
 def test_merge_groups_joins_a_split_person_and_reads_rows_in_place():

@@ -75,8 +75,9 @@ class PeopleOptions:
         approximate: k-NN graph through HNSW (True), exact (False), or automatic (None: exact up
             to ``approximate_above`` faces).
         approximate_above: the automatic switch (faces).
-        use_ray: shard k-NN queries over Ray actors (True), never (False), or when Ray is
-            running and there are many queries (None; ``people_knn.RAY_MIN_QUERIES``).
+        use_ray: shard k-NN queries over Ray actors (True; starts a local Ray when none runs),
+            never (False), or when Ray is already running (None); either way only batches of
+            at least ``people_knn.RAY_MIN_QUERIES`` queries go to Ray.
         seed: random seed of the clustering.
     """
 
@@ -112,6 +113,14 @@ class PeopleOptions:
             raise ConfigError(f"template must be one of {TEMPLATE_KINDS}, got {self.template!r}")
         if self.max_centroids < 1:
             raise ConfigError(f"max_centroids must be >= 1, got {self.max_centroids}")
+
+    def ray_for(self, queries: int) -> bool | None:
+        """Whether ``queries`` k-NN queries go to Ray: never under
+        ``people_knn.RAY_MIN_QUERIES`` (shipping the index to actors costs more than the
+        queries: an incremental update stays in process), else as ``use_ray`` says."""
+        if self.use_ray is False or queries < pk.RAY_MIN_QUERIES:
+            return False
+        return self.use_ray
 
     def use_approximate(self, n: int) -> bool:
         return bool(self.approximate) if self.approximate is not None else n > self.approximate_above
@@ -345,12 +354,12 @@ def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     k = options.neighbors
     if knn is not None:
-        nb, d = pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+        nb, d = pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
         return _local_graph(nb, d, rows, n)
     local = pk.KnnIndex.empty(embeddings.shape[1], options.use_approximate(len(rows)))
     for s in range(0, len(rows), fx.ADD_BATCH):
         local.add(embeddings[rows[s:s + fx.ADD_BATCH]])
-    nb, d = pk.search_rows(local, None, k, use_ray=options.use_ray)
+    nb, d = pk.search_rows(local, None, k, use_ray=options.ray_for(len(rows)))
     return cl.KnnGraph(nb, d)
 
 
@@ -662,11 +671,12 @@ def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: Peo
         knn = pk.KnnIndex.build(x[pool], options.use_approximate(len(pool)))
 
         def query(rows):
-            nb, d = pk.search_rows(knn, np.searchsorted(pool, rows), k, use_ray=options.use_ray)
+            nb, d = pk.search_rows(knn, np.searchsorted(pool, rows), k,
+                                   use_ray=options.ray_for(len(rows)))
             return np.where(nb >= 0, pool[np.clip(nb, 0, None)], -1), d
     else:
         def query(rows):
-            return pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+            return pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
 
     nb, d = query(rest)
     in_older = np.zeros(n, bool)
