@@ -442,7 +442,9 @@ def cmd_wild(args) -> int:
         rows += [("people engine, one stage (CW only)", 0.0, replace(base, merge_distance=None)),
                  ("people engine, one stage (CW only)", base.min_quality,
                   replace(base, merge_distance=None)),
-                 ("people engine, two stages", 0.0, base),
+                 ("people engine, two stages", 0.0, replace(base, seed_quality=0.0)),
+                 ("people engine, two stages, no seed face", base.min_quality,
+                  replace(base, seed_quality=0.0)),
                  ("people engine, two stages (defaults)", base.min_quality, base)]
         for title, floor, opts in rows:
             if opts is None:

@@ -325,3 +325,19 @@ def test_merge_groups_joins_a_split_person_and_reads_rows_in_place():
     pin[0], pin[6] = 0, 1
     kept = pe.merge_groups(x, tight, graph, 1.0, 1.4, cannot_link=pin)
     assert kept[0] != kept[6]
+
+
+def test_a_new_person_needs_a_seed_face():
+    x, labels, _, _ = planted(people=3, per=5)
+    n = len(x)
+    q = np.ones(n, np.float32)
+    q[labels == 1] = 0.2                   # above the floor, under the seed quality
+    opts = pe.PeopleOptions(min_quality=0.1, seed_quality=0.3)
+    for recluster in (False, True):
+        out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids(),
+                                    recluster=recluster)
+        assert all(v is None for v in out[labels == 1])
+        assert all(v is not None for v in out[labels != 1])
+    q[np.flatnonzero(labels == 1)[0]] = 0.9   # one good face seeds the person
+    out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids())
+    assert len(set(out[labels == 1])) == 1 and out[labels == 1][0] is not None

@@ -14,8 +14,10 @@ only decides. Inputs are arrays over every face of the collection (row ``i`` = f
   ``>= min_quality`` join the person whose template (:func:`person_templates`) is nearest when
   within ``assign_distance`` and not rejected for that person (:func:`identify_against_templates`,
   the same decision ``identify`` makes). The rest are clustered among themselves
-  (:func:`cluster_faces`) into new people of at least ``min_faces`` faces, ids from
-  ``new_person_id()``. Faces under the floor never start or join a person.
+  (:func:`cluster_faces`) into groups; a group whose average linkage to an existing person's
+  good faces is within ``merge_distance`` joins that person, the others become new people of at
+  least ``min_faces`` faces holding at least one face of ``seed_quality`` (ids from
+  ``new_person_id()``). Faces under the floor never start or join a person.
 * with ``recluster``: every face that is not pinned is decided again: the good faces are
   clustered from scratch (pinned faces take part, and the faces pinned to two different people
   are never put together); each new cluster that overlaps an existing person takes that person's
@@ -68,6 +70,8 @@ class PeopleOptions:
             Also the largest average linkage at which a new group joins an existing person.
         merge_candidates: the longest k-NN edge that makes two groups merge candidates.
         min_faces: smallest new person.
+        seed_quality: a new person needs at least one face of this quality (a group of only
+            middling faces, typically background strangers, stays unassigned).
         neighbors: k of the k-NN graph.
         template: ``"mean"`` (one quality-weighted mean per person) or ``"centroids"``
             (up to ``max_centroids`` k-means centroids for people with varied photos).
@@ -87,6 +91,7 @@ class PeopleOptions:
     merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
+    seed_quality: float = 0.3
     neighbors: int = 16
     template: str = "mean"
     max_centroids: int = 3
@@ -625,7 +630,8 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     for c in range(n_groups):
         members = nodes[labels == c]
         if joins[c] is None:
-            out[members] = new_person_id()
+            if q[members].max(initial=0.0) >= options.seed_quality:
+                out[members] = new_person_id()
             continue
         pid = joins[c]
         ok = np.array([pid not in rejected.get(int(r), ()) for r in members], bool)
@@ -730,8 +736,10 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     cluster_of[good] = labels
     taken = _inherit_ids(cluster_of, old_code, pin)
     for c in range(n_clusters):
-        pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
         members = np.flatnonzero(cluster_of == c)
+        if c not in taken and q[members].max(initial=0.0) < options.seed_quality:
+            continue
+        pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
         members = members[~pin[members]]
         for r in members:
             if pid in rejected.get(int(r), ()):
