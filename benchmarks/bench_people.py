@@ -459,6 +459,17 @@ def cmd_wild(args) -> int:
                            f4(s["P"]), f4(s["R"]), f4(s["BP"]), f4(s["BR"]), f4(s["BF"]),
                            f4(ss["BP"]), f4(ss["BF"]), sum("*" in t for t in top),
                            "; ".join(top)]))
+        if args.sweep:
+            print("\nsweep (defaults otherwise): floor x seed_quality\n")
+            print(header(["floor", "seed_quality", "P", "BCubed P", "BCubed F",
+                          "subjects: BCubed F", "junk people in 10 largest"]))
+            for floor, seed in itertools.product(args.floors, args.seed_qualities):
+                labels, _ = run_update(x, q, replace(base, min_quality=floor, seed_quality=seed))
+                s = scores(truth, labels)
+                ss = scores(truth[subj], labels[subj])
+                top = largest_people(labels, truth, role)
+                print(fmt_row([floor, seed, f4(s["P"]), f4(s["BP"]), f4(s["BF"]), f4(ss["BF"]),
+                               sum("*" in t for t in top)]))
         # identification: gallery / probes / impostors as wild_eval.py splits them
         gallery = np.flatnonzero(w["id_split"] == "gallery")
         probes = np.flatnonzero(w["id_split"] == "probe")
@@ -721,6 +732,8 @@ def main() -> int:
     # wild
     ap.add_argument("--wild", nargs="+", default=[str(HERE / "out" / "wild_faces.parquet")],
                     help="wild_eval.py faces tables")
+    ap.add_argument("--sweep", action="store_true", help="wild: floor x seed_quality sweep")
+    ap.add_argument("--seed-qualities", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
     # quality
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     # scale
