@@ -18,15 +18,21 @@ only decides. Inputs are arrays over every face of the collection (row ``i`` = f
   good faces is within ``merge_distance`` joins that person, the others become new people of at
   least ``min_faces`` faces holding at least one face of ``seed_quality`` (ids from
   ``new_person_id()``). Faces under the floor never start or join a person.
+  With ``new`` (the faces added since the last update) only those are matched and queried;
+  older unassigned faces take part as their neighbours, so the work follows the new faces.
 * with ``recluster``: every face that is not pinned is decided again: the good faces are
-  clustered from scratch (pinned faces take part, and the faces pinned to two different people
-  are never put together); each new cluster that overlaps an existing person takes that person's
-  id (greatest overlap first, one cluster per id, a cluster holding a person's pinned faces takes
-  that person's id), so names survive; the others get new ids. Rejections hold throughout.
+  clustered from scratch (pinned faces take part, and faces pinned to two different people are
+  never put together); each new cluster that overlaps an existing person takes that person's id
+  (greatest overlap first, pinned faces counting double, one cluster per id and one id per
+  cluster), so names survive; the others get new ids; then the faces left over go through the
+  incremental step. Rejections hold throughout; pinned faces never move.
 
-Clustering (:func:`cluster_faces`) runs on a k-NN graph: exact FAISS search up to
-``approximate_above`` faces, HNSW above, its queries sharded over Ray tasks when Ray is running
-(``index/people_knn.py``).
+Clustering (:func:`cluster_graph`) has two stages on a k-NN graph: Chinese whispers
+(``people_clusters``) on edges within ``cluster_distance``, then :func:`merge_groups`,
+average linkage between the groups a k-NN edge joins, up to ``merge_distance``. The graph is
+exact up to ``approximate_above`` faces and HNSW above; its queries are sharded over Ray actors
+for large batches (``index/people_knn.py``). Defaults and the figures that chose them:
+benchmarks/RESULTS.md, "People engine".
 """
 
 from __future__ import annotations
@@ -222,9 +228,9 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
     """Templates of every person from its faces of quality ``>= options.min_quality``.
 
     ``"mean"``: the quality-weighted mean of the person's good faces, re-normalised.
-    ``"centroids"``: people with at least ``4 * max_centroids`` good faces get up to
-    ``max_centroids`` quality-weighted spherical k-means centroids (one per ~4 faces), the others
-    their mean. People without a good face have no template (they attract nobody).
+    ``"centroids"``: people with at least 8 good faces get ``min(max_centroids, faces // 4)``
+    quality-weighted spherical k-means centroids, the others their mean (measured against the
+    mean in bench_people.py: no gain on LFW or the in-the-wild check, so "mean" is the default). People without a good face have no template (they attract nobody).
 
     Returns:
         ``person_ids (P,) object`` (sorted), ``templates (T, D) float32`` unit rows and
@@ -241,7 +247,7 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
     templates = _normalize(_group_means(x, code[good_rows], w, len(ids), rows=good_rows)[has])
     owner = owners.astype(np.int64)
     if options.template == "centroids" and options.max_centroids > 1:
-        many = np.flatnonzero(counts >= 4 * 2)
+        many = np.flatnonzero(counts >= 8)
         if len(many):
             rows = np.flatnonzero(good)
             order = np.argsort(code[rows], kind="stable")
