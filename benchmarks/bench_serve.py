@@ -41,10 +41,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
 APP = "facenet-bench"
+#: Admin key of the benchmark's service (API keys are required; random per run).
+BENCH_KEY = __import__("secrets").token_urlsafe(24)
+AUTH_HEADERS = {"X-API-Key": BENCH_KEY}
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -161,7 +165,8 @@ async def load(url: str, probes: list[Probe], clients: int, duration: float, lab
     counter = iter(range(1 << 62))
     connector = aiohttp.TCPConnector(limit=clients + 4)
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers=AUTH_HEADERS) as session:
         t_start = time.perf_counter()
         deadline = t_start + duration
 
@@ -202,7 +207,8 @@ async def load(url: str, probes: list[Probe], clients: int, duration: float, lab
 def get_json(url: str) -> dict:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=60) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH_HEADERS),
+                                timeout=60) as response:
         return json.loads(response.read())
 
 
@@ -226,7 +232,8 @@ def deploy(index_dir: Path, max_batch_size: int, embedder_replicas: int = 1) -> 
 
     t0 = time.perf_counter()
     args = app_args(str(index_dir), max_batch_size=max_batch_size,
-                    embedder={"num_replicas": embedder_replicas})
+                    embedder={"num_replicas": embedder_replicas},
+                    ingress={"env": {"FACENET_ADMIN_KEY": BENCH_KEY}})
     serve.run(build_app(args), name=APP, route_prefix="/")
     return time.perf_counter() - t0
 
@@ -287,7 +294,22 @@ def main() -> int:
     ap.add_argument("--num-cpus", type=float, default=4,
                     help="logical CPUs of the local Ray instance (reservations, not cores)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    g = ap.add_argument_group("people figures (serve_people_figures.py)")
+    g.add_argument("--people-figures", action="store_true",
+                   help="mixed load vs identify only, 10k-people grid, killed writer")
+    g.add_argument("--only-people", action="store_true",
+                   help="skip the direct and batch-size runs (people figures only)")
+    g.add_argument("--mixed-duration", type=float, default=120.0, help="seconds per mixed run")
+    g.add_argument("--mixed-clients", type=int, default=16)
+    g.add_argument("--kill-decisions-s", type=float, default=45.0,
+                   help="seconds of decisions around the writer kill")
+    g.add_argument("--grid-requests", type=int, default=400,
+                   help="GET /v1/people pages per grid size")
+    g.add_argument("--grid-sizes", type=int, nargs="+", default=[100, 10_000],
+                   help="people in the grid stores (the first is the baseline)")
     args = ap.parse_args()
+    if args.only_people:
+        args.people_figures = True
 
     import ray
     from ray import serve
@@ -314,6 +336,8 @@ def main() -> int:
     # -- direct -----------------------------------------------------------------------------------
     pipeline = FacePipeline(embedder=FaceEmbedder(batch_size=1, model_id=PRETRAINED.model_id))
     build_gallery(pipeline, index_dir, people)
+    if args.only_people:
+        return people_only(args, pipeline, probes, people, strangers, work, command)
     gallery = Gallery.load(index_dir)
     run_direct(pipeline, gallery, probes[:5], 2.0, 1)  # warm up (trace/compile)
     rows = [run_direct(pipeline, gallery, probes, args.duration, 1)]
@@ -372,6 +396,46 @@ def main() -> int:
         args.json.write_text(json.dumps({
             "command": command, "rows": [r.summary() for r in rows], "startup_s": startup,
             "kill": {k: v for k, v in (kill_report or {}).items() if k != "table"}}, indent=2))
+    return 0
+
+
+def people_only(args, pipeline, probes, people, strangers, work: Path, command: str) -> int:
+    """``--only-people``: the people figures of serve_people_figures.py on one service."""
+    import ray
+    from ray import serve
+
+    import serve_people_figures as spf
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+             log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        figures = spf.run(args, pipeline, probes, people, strangers, work,
+                          lambda index: deploy(index, 16), base, AUTH_HEADERS, APP)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print("\n## Mixed load vs identify only (16 clients, same service, same run)\n")
+    print(figures["mixed_table"])
+    print("\n## People grid: GET /v1/people?limit=60 at random offsets\n")
+    print("| people | requests | server p50 ms | server p95 ms | server p99 ms | client p50 ms "
+          "| client p99 ms |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, g in figures["grid"].items():
+        print(f"| {n} | {g['requests']} | {g['server_p50_ms']} | {g['server_p95_ms']} | "
+              f"{g['server_p99_ms']} | {g['client_p50_ms']} | {g['client_p99_ms']} |")
+    k = figures["kill"]
+    print("\n## Writer replica killed during decisions (8 clients, retry with the same key)\n")
+    print(f"acknowledged {k['acknowledged']}, keys in the event log {k['keys_in_log']}, lost "
+          f"{k['lost']}, applied twice {k['applied_twice']}, event id mismatches "
+          f"{k['event_id_mismatch']}, in the log but never acknowledged "
+          f"{k['in_log_but_not_acknowledged']}; attempts {k['attempts']}; events "
+          f"{k['events']}")
+    if args.json:
+        figures.pop("mixed_table", None)
+        args.json.write_text(json.dumps({"command": command, **figures}, indent=2,
+                                        default=str))
     return 0
 
 

@@ -70,11 +70,9 @@ ROLES = ("subject", "stranger", "background", "junk")
 
 
 def _clusters_module():
-    """The people clustering module (``index/cluster.py``; ``people_clusters.py`` once renamed)."""
-    try:
-        from facenet_platform.index import cluster as cl
-    except ImportError:  # pragma: no cover - after the rename
-        from facenet_platform.index import people_clusters as cl
+    """The people clustering module (imported late: it pulls in pyarrow and FAISS)."""
+    from facenet_platform.index import people_clusters as cl
+
     return cl
 
 

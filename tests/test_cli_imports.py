@@ -10,11 +10,9 @@ import json
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 
-from bad_inputs import write_good_image
-from test_people_clusters import faces_table, planted
+from test_people_clusters import write_collection
 
 HEAVY = ("tensorflow", "keras", "ray", "faiss")
 
@@ -53,11 +51,7 @@ def test_help_imports_no_heavy_module(argv):
 
 
 def test_index_cluster_runs_without_tensorflow_or_ray(tmp_path):
-    x, _, _ = planted(n_people=5, seed=11)
-    photo = write_good_image(tmp_path / "photo.jpg")
-    index_dir = tmp_path / "idx"
-    (index_dir / "faces").mkdir(parents=True)
-    pq.write_table(faces_table([photo] * len(x), x), index_dir / "faces" / "part-00000.parquet")
+    index_dir = write_collection(tmp_path)[0]
     result = _run("index", "cluster", "--index", str(index_dir), "--no-sheets", "--json")
     assert result["code"] == 0
     assert result["heavy"] == ["faiss"]  # the k-NN graph; no model, no Ray

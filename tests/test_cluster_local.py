@@ -184,6 +184,12 @@ def test_serve_deploy_of_the_generated_config_identifies(cluster, tmp_path):
     assert doc["applications"][0]["import_path"] == "facenet_platform.serve.app:build_app"
     # one machine: a proxy on each of our two nodes would bind the same port twice
     doc["proxy_location"] = "HeadOnly"
+    # API keys are required: the config lists the digest of an admin key, never the key
+    from facenet_platform.serve.auth import key_digest, new_key
+
+    key = new_key()
+    doc["applications"][0]["args"]["auth"] = {"admin_key_sha256": [key_digest(key)]}
+    headers = {"Authorization": f"Bearer {key}"}
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = cluster.process_env()
     serve_bin = str(Path(sys.executable).parent / "serve")
@@ -204,10 +210,10 @@ def test_serve_deploy_of_the_generated_config_identifies(cluster, tmp_path):
                                      capture_output=True, text=True, env=env).stdout
         for name, (first, _) in people.items():
             r = requests.post(f"{url}/v1/identities/{name}/faces", timeout=300,
-                              files=[("file", ("a.jpg", first.read_bytes()))])
+                              headers=headers, files=[("file", ("a.jpg", first.read_bytes()))])
             assert r.status_code == 201, r.text
         for name, (_, second) in people.items():
-            r = requests.post(f"{url}/v1/identify", timeout=300,
+            r = requests.post(f"{url}/v1/identify", timeout=300, headers=headers,
                               files={"file": ("b.jpg", second.read_bytes())})
             assert r.status_code == 200, r.text
             assert r.json()["faces"][0]["decision"] == name, r.json()

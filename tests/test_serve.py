@@ -1,7 +1,8 @@
 """End-to-end tests of the Serve application: the real deployments on a local Ray instance.
 
-One application serves the whole module (started once, about a minute on a small machine): API
-key set, 2 searcher replicas (so that "visible to the next request on every replica" is tested),
+One application serves the whole module (started once, about a minute on a small machine): a
+read and an admin API key, a small committed collection (the astronaut photo) for thumbnails,
+2 searcher replicas (so that "visible to the next request on every replica" is tested),
 max_batch_size 4, a 2 MiB body limit and a 1 Mpx pixel limit. The gallery is enrolled through
 the gallery API (``Gallery.open/add/save``) with embeddings the service itself computes, after
 the service started: the searchers pick the new version up on the next request.
@@ -28,16 +29,22 @@ import numpy as np
 import pytest
 
 from facenet_platform.core.weights import PRETRAINED
+from facenet_platform.index.people_engine import PeopleOptions
 
 from bad_inputs import DECODABLE, UNREADABLE, write_bad_inputs
 from conftest import lfw_available, lfw_dir
+
+#: identify's threshold: the people's assign distance (people update decides with it too)
+ASSIGN = PeopleOptions().assign_distance
 
 ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "test-key-5b2f9c"
+READ_KEY = "test-read-key-5b2f9c0d"
+ADMIN_KEY = "test-admin-key-77e1a4b2"
+API_KEY = ADMIN_KEY  # what requests send unless a test says otherwise
 MAX_BODY = 2 * 1024 * 1024
 MAX_PIXELS = 1_000_000
 ENROLLED = ["Colin_Powell", "Gloria_Macapagal_Arroyo", "Serena_Williams"]
@@ -55,6 +62,8 @@ class Service:
     url: str
     index_dir: Path
     session: requests.Session
+    face_ids: list[str]          # of the committed collection
+    photos_dir: Path
 
     def request(self, method: str, path: str, *, key: str | None = API_KEY, **kwargs):
         headers = dict(kwargs.pop("headers", {}))
@@ -75,9 +84,18 @@ def service(tmp_path_factory, weights_cache):
     from ray import serve
 
     from facenet_platform.serve.app import app_args, build_app
-    from facenet_platform.serve.config import API_KEY_ENV
+    from facenet_platform.serve.auth import ADMIN_KEY_ENV, READ_KEY_ENV
 
-    index_dir = tmp_path_factory.mktemp("serve") / "index"
+    from serve_collection import write_collection
+
+    root = tmp_path_factory.mktemp("serve")
+    index_dir = root / "index"
+    astronaut_file = root / "photos" / "astronaut.jpg"
+    astronaut_file.parent.mkdir()
+    from skimage import data as skdata
+
+    astronaut_file.write_bytes(jpeg_bytes(skdata.astronaut()))
+    face_ids = write_collection(index_dir, [(astronaut_file, [(180, 60, 290, 200)])])
     port = free_port()
     if ray.is_initialized():
         ray.shutdown()
@@ -86,11 +104,13 @@ def service(tmp_path_factory, weights_cache):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = app_args(str(index_dir), max_batch_size=4, max_body_bytes=MAX_BODY,
-                        max_pixels=MAX_PIXELS, ingress={"env": {API_KEY_ENV: API_KEY}},
+                        max_pixels=MAX_PIXELS,
+                        ingress={"env": {READ_KEY_ENV: READ_KEY, ADMIN_KEY_ENV: ADMIN_KEY}},
                         searcher={"num_replicas": 2})
         serve.run(build_app(args), name="facenet-test", route_prefix="/")
         with requests.Session() as session:
-            yield Service(f"http://127.0.0.1:{port}", index_dir, session)
+            yield Service(f"http://127.0.0.1:{port}", index_dir, session, sorted(face_ids),
+                          root / "photos")
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -158,28 +178,117 @@ def test_healthz_needs_no_key_and_reports_ready(service):
 
 
 def test_api_key_is_enforced(service):
-    for key in (None, "wrong-key"):
-        response = service.get("/v1/identities", key=key)
-        assert response.status_code == 401
-        assert response.json()["code"] == "unauthorized"
-        assert response.headers["www-authenticate"] == "Bearer"
+    fid = service.face_ids[0]
+    for path in ("/v1/identities", f"/v1/faces/{fid}/thumbnail", f"/v1/photos/{fid[:16]}",
+                 "/v1/stats"):
+        for key in (None, "wrong-key", READ_KEY + "x"):
+            response = service.get(path, key=key)
+            assert response.status_code == 401, (path, key)
+            assert set(response.json()) == {"error", "code"}
+            assert response.json()["code"] == "unauthorized"
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert service.get(path, key=READ_KEY).status_code == 200, path
     response = service.post("/v1/identify", key=None, data=b"x")
     assert response.status_code == 401  # before the body is looked at
-    assert service.get("/v1/identities").status_code == 200
     bearer = service.get("/v1/identities", key=None,
-                         headers={"Authorization": f"Bearer {API_KEY}"})
+                         headers={"Authorization": f"Bearer {READ_KEY}"})
     assert bearer.status_code == 200
     assert service.get("/", key=None).status_code == 200  # the page itself holds no data
+
+
+def test_read_key_cannot_change_anything(service, astronaut):
+    photo = jpeg_bytes(astronaut)
+    assert service.post("/v1/identify", key=READ_KEY,
+                        files={"file": ("a.jpg", photo)}).status_code == 200
+    for method, path, kwargs in [
+            ("POST", "/v1/identities/Someone/faces", {"files": {"file": ("a.jpg", photo)}}),
+            ("DELETE", "/v1/identities/Someone", {})]:
+        response = service.request(method, path, key=READ_KEY, **kwargs)
+        assert response.status_code == 403, (path, response.text)
+        assert response.json() == {"error": "this needs an admin key; the key sent is a read key",
+                                   "code": "forbidden"}
+    assert "Someone" not in str(service.get("/v1/identities").json())
 
 
 def test_openapi_lists_every_endpoint(service):
     spec = service.get("/openapi.json", key=None).json()
     assert {"/v1/identify", "/v1/verify", "/v1/embed", "/v1/identities",
             "/v1/identities/{name}", "/v1/identities/{name}/faces", "/v1/stats",
-            "/healthz"} <= set(spec["paths"])
+            "/v1/faces/{face_id}/thumbnail", "/v1/photos/{photo_id}",
+            "/v1/photos/{photo_id}/thumbnail", "/healthz"} <= set(spec["paths"])
     body = spec["paths"]["/v1/identify"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "application/octet-stream" in body
-    assert service.get("/docs", key=None).status_code == 200
+    # both ways of sending a key are declared, so that /docs offers "Authorize"
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    assert spec["paths"]["/v1/faces/{face_id}/thumbnail"]["get"]["security"]
+
+
+def test_docs_work_offline(service):
+    import re
+
+    response = service.get("/docs", key=None)
+    assert response.status_code == 200
+    html = response.text
+    # every asset the page loads comes from this service
+    urls = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', html) + re.findall(
+        r"url:\s*'([^']+)'", html)
+    assert urls and not [u for u in urls if "//" in u], urls
+    assert "cdn" not in html.lower() and "https://" not in html and "http://" not in html
+    for asset in re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', html):
+        fetched = service.get(asset if asset.startswith("/") else "/" + asset, key=None)
+        assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
+    redoc = service.get("/redoc", key=None)
+    assert redoc.status_code == 200 and "fonts.googleapis" not in redoc.text
+
+
+# -- thumbnails ------------------------------------------------------------------------------------
+
+
+def test_thumbnails_are_cached_jpegs_without_paths(service):
+    from PIL import Image
+
+    fid = service.face_ids[0]
+    response = service.get(f"/v1/faces/{fid}/thumbnail", key=READ_KEY, params={"size": 100})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(response.content)).size == (128, 128)  # snapped up to 128
+    etag = response.headers["etag"]
+    assert "private" in response.headers["cache-control"]
+    again = service.get(f"/v1/faces/{fid}/thumbnail", key=READ_KEY, params={"size": 100},
+                        headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.content
+    photo = service.get(f"/v1/photos/{fid[:16]}/thumbnail", key=READ_KEY, params={"size": 256})
+    assert photo.status_code == 200
+    assert Image.open(io.BytesIO(photo.content)).size == (256, 256)
+    info = service.get(f"/v1/photos/{fid[:16]}", key=READ_KEY).json()
+    assert info == {"photo_id": fid[:16], "width": 512, "height": 512,
+                    "faces": [{"face_id": fid, "box": [180.0, 60.0, 290.0, 200.0]}]}
+    stats = service.get("/v1/stats").json()["thumbnailer"]
+    assert stats["cache"]["items"] >= 2 and stats["not_modified"] >= 1
+
+
+def test_thumbnail_errors(service):
+    fid = service.face_ids[0]
+    cases = [
+        (f"/v1/faces/0000000000000000-0/thumbnail", 404, "unknown_face"),
+        (f"/v1/photos/0000000000000000/thumbnail", 404, "unknown_photo"),
+        (f"/v1/photos/0000000000000000", 404, "unknown_photo"),
+        (f"/v1/faces/not-a-face/thumbnail", 400, "invalid_id"),
+        (f"/v1/faces/{fid}..%5C..%5Cx/thumbnail", 400, "invalid_id"),
+        (f"/v1/faces/..%2F..%2Fetc%2Fpasswd/thumbnail", 404, "not_found"),
+        (f"/v1/photos/{fid[:15]}%00/thumbnail", 400, "invalid_id"),
+        (f"/v1/photos/..%2Fmanifest.json", 404, "not_found"),
+        (f"/v1/photos/%2E%2E/thumbnail", 400, "invalid_id"),
+        (f"/v1/faces/{fid}/thumbnail?size=5000", 400, "invalid_parameter"),
+        (f"/v1/faces/{fid}/thumbnail?size=abc", 400, "invalid_parameter"),
+        (f"/v1/photos/{fid[:16]}/thumbnail?size=0", 400, "invalid_parameter"),
+    ]
+    for path, status, code in cases:
+        response = service.get(path, key=READ_KEY)
+        assert (response.status_code, response.json().get("code")) == (status, code), (
+            path, response.text)
+        assert str(service.photos_dir) not in response.text and str(
+            service.index_dir) not in response.text
 
 
 # -- identify, verify, embed ---------------------------------------------------------------------
@@ -189,12 +298,14 @@ def test_identify_held_out_photo_and_stranger(service, lfw_gallery):
     held_out = identify(service, lfw_photo("Serena_Williams", 5).read_bytes(), top_k=2)
     assert held_out["gallery_version"] >= lfw_gallery  # the searchers reloaded
     face = held_out["faces"][0]
-    assert list(face) == ["box", "score", "landmarks", "decision", "matches"]
+    assert list(face) == ["box", "score", "landmarks", "decision", "matches", "person",
+                          "quality", "reason"]
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
     assert face["decision"] == "Serena_Williams"
     assert len(face["matches"]) == 2
     # identify decides with the identification threshold (verify keeps the 1:1 one)
-    assert face["matches"][0]["distance"] <= held_out["threshold"] == PRETRAINED.identify_threshold
+    assert face["matches"][0]["distance"] <= held_out["threshold"] == ASSIGN
+    assert face["reason"] == "match" and face["quality"] > 0.5
     assert face["matches"][0]["distance"] <= face["matches"][1]["distance"]
 
     stranger = identify(service, lfw_photo("Aaron_Eckhart", 1).read_bytes())
@@ -251,7 +362,7 @@ def test_photo_without_a_face_is_an_empty_list(service):
     blank = np.full((200, 300, 3), (120, 160, 200), np.uint8)
     body = identify(service, jpeg_bytes(blank))
     assert body["faces"] == [] and body["image"] == {"width": 300, "height": 200}
-    assert body["threshold"] == PRETRAINED.identify_threshold  # what a face would have met
+    assert body["threshold"] == ASSIGN  # what a face would have met
     response = service.post("/v1/embed", files={"file": ("b.jpg", jpeg_bytes(blank))})
     assert response.status_code == 200 and response.json()["faces"] == []
     response = service.post("/v1/verify", files={"file1": ("b.jpg", jpeg_bytes(blank)),
@@ -499,7 +610,14 @@ def test_web_page_in_headless_chromium(service, astronaut, tmp_path):
         browser.call("Page.enable")
         browser.call("Page.navigate", url=service.url + "/")
         browser.wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
-        browser.eval(f"document.getElementById('apikey').value = {json.dumps(API_KEY)}")
+        # The page asks for the key once and keeps it in the tab's sessionStorage.
+        assert browser.eval("document.getElementById('key-dialog').open")
+        browser.eval(f"sessionStorage.setItem('facenet_api_key', {json.dumps(API_KEY)})")
+        browser.eval("location.hash = '#/identify'; location.reload()")
+        time.sleep(0.5)
+        browser.wait_for("document.readyState === 'complete' && "
+                         "!document.getElementById('identify-view').hidden")
+        assert not browser.eval("document.getElementById('key-dialog').open")
 
         # Upload a photo: one face, nobody enrolled under it yet.
         browser.set_file("#file", photo)

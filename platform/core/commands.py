@@ -66,23 +66,16 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="embedding backend: auto (default: keras-bf16 on CPUs with native bf16, "
                         "else keras-fp32), keras-fp32, keras-bf16, onnx-fp32, onnx-int8")
     p.add_argument("--model", type=Path, default=None,
-                   help="a saved .keras model (default: the pretrained 20180408-102900)")
+                   help="a trained model: checkpoint folder, .keras file, SavedModel folder or "
+                        ".tflite file (default: the pretrained 20180408-102900)")
 
 
 def build_pipeline(args: argparse.Namespace, flip: str = "none"):
-    """A FacePipeline configured from the common CLI options."""
-    from .alignment import FaceAligner
-    from .embedding import FaceEmbedder
-    from .pipeline import FacePipeline
-    from .weights import PRETRAINED
+    """A FacePipeline for the common CLI options: the model's spec, crop overrides applied."""
+    from .factory import build_pipeline as build
 
-    embedder = FaceEmbedder(args.model, flip=flip, backend=args.backend)
-    aligner = FaceAligner(
-        image_size=embedder.input_size,
-        margin=PRETRAINED.margin if args.margin is None else args.margin,
-        method=args.alignment or PRETRAINED.alignment,
-    )
-    return FacePipeline(aligner=aligner, embedder=embedder)
+    return build(args.model, backend=args.backend, flip=flip, alignment=args.alignment,
+                 margin=args.margin)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

@@ -11,6 +11,13 @@ Every Keras layer is named after the TF-slim scope it came from with ``/`` repla
 (``Repeat.block35_1.Branch_0.Conv2d_1x1``), so porting weights from the original checkpoint is a
 mechanical name map (see :mod:`facenet_platform.core.weights`).
 
+Each kind of block is a small class (:class:`Stem`, :class:`Block35`, :class:`Block17`,
+:class:`Block8`, :class:`Mixed6a`, :class:`Mixed7a`) whose instance carries the settings shared
+by all convolution units (:class:`Units`) and whose call adds one block to a Keras graph.
+:func:`inception_resnet_v1` stacks them; its ``width``, ``repeats`` and ``padding`` scale the
+network down (training's ``inception_resnet_v1_scaled`` architecture) with the same blocks and
+layer names. The defaults build the pretrained network.
+
 Two flavours of convolution unit:
 
 - ``folded_batch_norm=True`` (pretrained inference and fine-tuning): convolution with a bias and
@@ -23,7 +30,9 @@ Two flavours of convolution unit:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import keras
 from keras import layers
@@ -32,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 PRETRAINED_INPUT_SIZE = 160
 PRETRAINED_EMBEDDING_SIZE = 512
+#: residual blocks per stage (A: Block35, B: Block17, C: Block8) in the pretrained network
+PRETRAINED_REPEATS = (5, 10, 5)
+#: fewest channels a scaled-down convolution unit keeps
+MIN_CHANNELS = 4
 BATCH_NORM_EPSILON = 1e-3
 BATCH_NORM_MOMENTUM = 0.995
 L2_EPSILON = 1e-10
@@ -113,25 +126,77 @@ class ConvUnit:
 
 
 @dataclass(frozen=True)
-class _Blocks:
-    """Shared settings of every block builder."""
+class Units:
+    """What every convolution of one network shares; the base of every block class.
+
+    Attributes:
+        folded_batch_norm: convolution + bias (the pretrained graph, batch norm folded in) or
+            convolution + batch norm.
+        weight_decay: L2 factor on convolution kernels (0 disables).
+        width: channel multiplier; a unit of ``n`` filters gets ``max(4, round(n * width))``
+            (1.0: the pretrained network's channels).
+        padding: padding of the stem and reduction layers that shrink the grid (``valid`` in the
+            pretrained network; ``same`` keeps ``ceil(S / stride)`` so that small inputs work).
+    """
 
     folded_batch_norm: bool = True
     weight_decay: float = 0.0
+    width: float = 1.0
+    padding: str = "valid"
 
-    def conv(self, filters, kernel_size, scope, strides=1, padding="same") -> ConvUnit:
-        return ConvUnit(filters, kernel_size, scope, strides, padding,
-                        self.folded_batch_norm, self.weight_decay)
+    def channels(self, filters: int) -> int:
+        """Channels of a unit that has ``filters`` in the pretrained network."""
+        return max(MIN_CHANNELS, int(round(filters * self.width)))
 
-    def up_projection(self, x, channels: int, scope: str):
-        """The linear 1x1 convolution (with bias, no norm, no ReLU) closing a residual block."""
+    def conv(self, filters: int, kernel_size, scope: str, strides: int = 1, *,
+             shrinks: bool = False) -> ConvUnit:
+        """A conv unit of ``filters`` x ``width`` channels; ``shrinks``: it takes ``padding``
+        (a grid-shrinking layer of the stem or a reduction), else ``same``."""
+        return ConvUnit(self.channels(filters), kernel_size, scope, strides,
+                        self.padding if shrinks else "same", self.folded_batch_norm,
+                        self.weight_decay)
+
+    def max_pool(self, scope: str) -> layers.MaxPooling2D:
+        """The 3x3 stride-2 max pooling of the stem and the reductions."""
+        return layers.MaxPooling2D(3, strides=2, padding=self.padding, name=layer_name(scope))
+
+    def concat(self, branches: list, scope: str):
+        """Channel concatenation of a block's branches (``scope/concat``)."""
+        return layers.Concatenate(axis=-1, name=layer_name(f"{scope}/concat"))(branches)
+
+
+@dataclass(frozen=True)
+class Stem(Units):
+    """The convolutions before the first residual block: grid S -> S/8 (``same`` padding) or
+    (S - 27) / 8 rounded down (``valid``, 160 -> 17), 256 x ``width`` channels."""
+
+    def __call__(self, x):
+        x = self.conv(32, 3, "Conv2d_1a_3x3", strides=2, shrinks=True)(x)
+        x = self.conv(32, 3, "Conv2d_2a_3x3", shrinks=True)(x)
+        x = self.conv(64, 3, "Conv2d_2b_3x3")(x)
+        x = self.max_pool("MaxPool_3a_3x3")(x)
+        x = self.conv(80, 1, "Conv2d_3b_1x1", shrinks=True)(x)
+        x = self.conv(192, 3, "Conv2d_4a_3x3", shrinks=True)(x)
+        return self.conv(256, 3, "Conv2d_4b_3x3", strides=2, shrinks=True)(x)
+
+
+@dataclass(frozen=True)
+class _ResidualBlock(Units):
+    """An Inception-ResNet block: branches -> concat -> linear 1x1 up-projection to the input's
+    channels -> ``x + scale * up`` -> ReLU (unless ``activation`` is False)."""
+
+    #: residual scale of the block in the pretrained network
+    default_scale: ClassVar[float]
+
+    def branches(self, x, scope: str) -> list:  # pragma: no cover - every block defines it
+        raise NotImplementedError
+
+    def __call__(self, x, scope: str, scale: float | None = None, activation: bool = True):
+        mixed = self.concat(self.branches(x, scope), scope)
         regularizer = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-        return layers.Conv2D(channels, 1, use_bias=True, kernel_regularizer=regularizer,
-                             name=layer_name(f"{scope}/Conv2d_1x1"))(x)
-
-    def residual(self, x, branches: list, scope: str, scale: float, activation: bool):
-        mixed = layers.Concatenate(axis=-1, name=layer_name(f"{scope}/concat"))(branches)
-        up = self.up_projection(mixed, x.shape[-1], scope)
+        up = layers.Conv2D(x.shape[-1], 1, use_bias=True, kernel_regularizer=regularizer,
+                           name=layer_name(f"{scope}/Conv2d_1x1"))(mixed)
+        scale = self.default_scale if scale is None else scale
         x = ScaledResidual(scale, name=layer_name(f"{scope}/add"))([x, up])
         if activation:
             x = layers.ReLU(name=layer_name(f"{scope}/Relu"))(x)
@@ -139,78 +204,96 @@ class _Blocks:
 
 
 @dataclass(frozen=True)
-class Block35(_Blocks):
+class Block35(_ResidualBlock):
     """Inception-ResNet-A (35x35 grid in the paper; 17x17 at 160 px input)."""
 
-    def __call__(self, x, scope: str, scale: float = 0.17, activation: bool = True):
+    default_scale: ClassVar[float] = 0.17
+
+    def branches(self, x, scope: str) -> list:
         b0 = self.conv(32, 1, f"{scope}/Branch_0/Conv2d_1x1")(x)
         b1 = self.conv(32, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
         b1 = self.conv(32, 3, f"{scope}/Branch_1/Conv2d_0b_3x3")(b1)
         b2 = self.conv(32, 1, f"{scope}/Branch_2/Conv2d_0a_1x1")(x)
         b2 = self.conv(32, 3, f"{scope}/Branch_2/Conv2d_0b_3x3")(b2)
         b2 = self.conv(32, 3, f"{scope}/Branch_2/Conv2d_0c_3x3")(b2)
-        return self.residual(x, [b0, b1, b2], scope, scale, activation)
+        return [b0, b1, b2]
 
 
 @dataclass(frozen=True)
-class Block17(_Blocks):
+class _FactorisedBlock(_ResidualBlock):
+    """Block17 and Block8: a 1x1 branch and a 1x1 -> 1xk -> kx1 branch of ``filters`` each."""
+
+    filters: ClassVar[int]
+    kernel: ClassVar[int]
+
+    def branches(self, x, scope: str) -> list:
+        n, k = self.filters, self.kernel
+        b0 = self.conv(n, 1, f"{scope}/Branch_0/Conv2d_1x1")(x)
+        b1 = self.conv(n, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
+        b1 = self.conv(n, (1, k), f"{scope}/Branch_1/Conv2d_0b_1x{k}")(b1)
+        b1 = self.conv(n, (k, 1), f"{scope}/Branch_1/Conv2d_0c_{k}x1")(b1)
+        return [b0, b1]
+
+
+@dataclass(frozen=True)
+class Block17(_FactorisedBlock):
     """Inception-ResNet-B (17x17 in the paper; 8x8 at 160 px input)."""
 
-    def __call__(self, x, scope: str, scale: float = 0.10, activation: bool = True):
-        b0 = self.conv(128, 1, f"{scope}/Branch_0/Conv2d_1x1")(x)
-        b1 = self.conv(128, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
-        b1 = self.conv(128, (1, 7), f"{scope}/Branch_1/Conv2d_0b_1x7")(b1)
-        b1 = self.conv(128, (7, 1), f"{scope}/Branch_1/Conv2d_0c_7x1")(b1)
-        return self.residual(x, [b0, b1], scope, scale, activation)
+    default_scale: ClassVar[float] = 0.10
+    filters: ClassVar[int] = 128
+    kernel: ClassVar[int] = 7
 
 
 @dataclass(frozen=True)
-class Block8(_Blocks):
+class Block8(_FactorisedBlock):
     """Inception-ResNet-C (8x8 in the paper; 3x3 at 160 px input)."""
 
-    def __call__(self, x, scope: str, scale: float = 0.20, activation: bool = True):
-        b0 = self.conv(192, 1, f"{scope}/Branch_0/Conv2d_1x1")(x)
-        b1 = self.conv(192, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
-        b1 = self.conv(192, (1, 3), f"{scope}/Branch_1/Conv2d_0b_1x3")(b1)
-        b1 = self.conv(192, (3, 1), f"{scope}/Branch_1/Conv2d_0c_3x1")(b1)
-        return self.residual(x, [b0, b1], scope, scale, activation)
+    default_scale: ClassVar[float] = 0.20
+    filters: ClassVar[int] = 192
+    kernel: ClassVar[int] = 3
 
 
 @dataclass(frozen=True)
-class Mixed6a(_Blocks):
-    """Reduction-A: ``reduction_a(net, k=192, l=192, m=256, n=384)``."""
+class Mixed6a(Units):
+    """Reduction-A: ``reduction_a(net, k=192, l=192, m=256, n=384)``; halves the grid."""
 
     def __call__(self, x, scope: str = "Mixed_6a"):
-        b0 = self.conv(384, 3, f"{scope}/Branch_0/Conv2d_1a_3x3", strides=2, padding="valid")(x)
+        b0 = self.conv(384, 3, f"{scope}/Branch_0/Conv2d_1a_3x3", strides=2, shrinks=True)(x)
         b1 = self.conv(192, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
         b1 = self.conv(192, 3, f"{scope}/Branch_1/Conv2d_0b_3x3")(b1)
-        b1 = self.conv(256, 3, f"{scope}/Branch_1/Conv2d_1a_3x3", strides=2, padding="valid")(b1)
-        b2 = layers.MaxPooling2D(3, strides=2, padding="valid",
-                                 name=layer_name(f"{scope}/Branch_2/MaxPool_1a_3x3"))(x)
-        return layers.Concatenate(axis=-1, name=layer_name(f"{scope}/concat"))([b0, b1, b2])
+        b1 = self.conv(256, 3, f"{scope}/Branch_1/Conv2d_1a_3x3", strides=2, shrinks=True)(b1)
+        b2 = self.max_pool(f"{scope}/Branch_2/MaxPool_1a_3x3")(x)
+        return self.concat([b0, b1, b2], scope)
 
 
 @dataclass(frozen=True)
-class Mixed7a(_Blocks):
-    """Reduction-B."""
+class Mixed7a(Units):
+    """Reduction-B; halves the grid."""
 
     def __call__(self, x, scope: str = "Mixed_7a"):
         b0 = self.conv(256, 1, f"{scope}/Branch_0/Conv2d_0a_1x1")(x)
-        b0 = self.conv(384, 3, f"{scope}/Branch_0/Conv2d_1a_3x3", strides=2, padding="valid")(b0)
+        b0 = self.conv(384, 3, f"{scope}/Branch_0/Conv2d_1a_3x3", strides=2, shrinks=True)(b0)
         b1 = self.conv(256, 1, f"{scope}/Branch_1/Conv2d_0a_1x1")(x)
-        b1 = self.conv(256, 3, f"{scope}/Branch_1/Conv2d_1a_3x3", strides=2, padding="valid")(b1)
+        b1 = self.conv(256, 3, f"{scope}/Branch_1/Conv2d_1a_3x3", strides=2, shrinks=True)(b1)
         b2 = self.conv(256, 1, f"{scope}/Branch_2/Conv2d_0a_1x1")(x)
         b2 = self.conv(256, 3, f"{scope}/Branch_2/Conv2d_0b_3x3")(b2)
-        b2 = self.conv(256, 3, f"{scope}/Branch_2/Conv2d_1a_3x3", strides=2, padding="valid")(b2)
-        b3 = layers.MaxPooling2D(3, strides=2, padding="valid",
-                                 name=layer_name(f"{scope}/Branch_3/MaxPool_1a_3x3"))(x)
-        return layers.Concatenate(axis=-1, name=layer_name(f"{scope}/concat"))([b0, b1, b2, b3])
+        b2 = self.conv(256, 3, f"{scope}/Branch_2/Conv2d_1a_3x3", strides=2, shrinks=True)(b2)
+        b3 = self.max_pool(f"{scope}/Branch_3/MaxPool_1a_3x3")(x)
+        return self.concat([b0, b1, b2, b3], scope)
+
+
+def min_input_size(padding: str = "valid") -> int:
+    """Smallest input side (pixels) that leaves at least a 1x1 grid after the last reduction."""
+    return 75 if padding == "valid" else 32
 
 
 def inception_resnet_v1(
     input_size: int = PRETRAINED_INPUT_SIZE,
     embedding_size: int = PRETRAINED_EMBEDDING_SIZE,
     *,
+    width: float = 1.0,
+    repeats: Sequence[int] = PRETRAINED_REPEATS,
+    padding: str = "valid",
     dropout_keep_prob: float = 0.8,
     folded_batch_norm: bool = True,
     weight_decay: float = 0.0,
@@ -218,47 +301,57 @@ def inception_resnet_v1(
 ) -> keras.Model:
     """Build an Inception-ResNet-v1 embedding network (random weights).
 
+    The defaults of ``width``, ``repeats`` and ``padding`` give davidsandberg's network (the
+    pretrained 20180408-102900); other values give a narrower/shallower network with the same
+    blocks and layer names (for training small networks on a CPU).
+
     Args:
         input_size: side of the square input crop in pixels (160 for the pretrained model; at
-            least 75 so that the reductions leave a 1x1 grid).
+            least :func:`min_input_size` so that the reductions leave a 1x1 grid).
         embedding_size: length D of the embedding (512 pretrained; 128 as in the FaceNet paper).
+        width: channel multiplier of every convolution unit (see :class:`Units`).
+        repeats: residual blocks in stages A (Block35), B (Block17) and C (Block8), each >= 0;
+            a final Block8 without activation always follows stage C.
+        padding: ``valid`` (the pretrained network: grid 160 -> 17 -> 8 -> 3) or ``same``
+            (grid S/8, S/16, S/32).
         dropout_keep_prob: keep probability of the dropout before the bottleneck (training only).
         folded_batch_norm: True for convolutions with biases and no batch norm (the pretrained
             frozen graph); False for conv + batch norm (training from scratch).
         weight_decay: L2 factor on convolution and bottleneck kernels (0 disables).
+        name: the Keras model name.
 
     Returns:
         A Keras model mapping ``(N, input_size, input_size, 3) float32`` prewhitened crops to
         ``(N, embedding_size) float32`` L2-normalised embeddings.
     """
-    if input_size < 75:
-        raise ValueError(f"input_size must be at least 75 pixels, got {input_size}")
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    if input_size < min_input_size(padding):
+        raise ValueError(f"input_size must be at least {min_input_size(padding)} pixels with "
+                         f"{padding!r} padding, got {input_size}")
     if embedding_size < 1:
         raise ValueError(f"embedding_size must be positive, got {embedding_size}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
+    repeats = tuple(int(n) for n in repeats)
+    if len(repeats) != 3 or min(repeats) < 0:
+        raise ValueError(f"repeats must be three block counts >= 0, got {repeats}")
     if not 0.0 < dropout_keep_prob <= 1.0:
         raise ValueError(f"dropout_keep_prob must be in (0, 1], got {dropout_keep_prob}")
 
-    settings = dict(folded_batch_norm=folded_batch_norm, weight_decay=weight_decay)
-    blocks = _Blocks(**settings)
+    units = dict(folded_batch_norm=folded_batch_norm, weight_decay=weight_decay, width=width,
+                 padding=padding)
     inputs = keras.Input((input_size, input_size, 3), name="input")
-    x = blocks.conv(32, 3, "Conv2d_1a_3x3", strides=2, padding="valid")(inputs)
-    x = blocks.conv(32, 3, "Conv2d_2a_3x3", padding="valid")(x)
-    x = blocks.conv(64, 3, "Conv2d_2b_3x3")(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="MaxPool_3a_3x3")(x)
-    x = blocks.conv(80, 1, "Conv2d_3b_1x1", padding="valid")(x)
-    x = blocks.conv(192, 3, "Conv2d_4a_3x3", padding="valid")(x)
-    x = blocks.conv(256, 3, "Conv2d_4b_3x3", strides=2, padding="valid")(x)
-
-    block35, block17, block8 = Block35(**settings), Block17(**settings), Block8(**settings)
-    for i in range(1, 6):
-        x = block35(x, f"Repeat/block35_{i}", scale=0.17)
-    x = Mixed6a(**settings)(x)
-    for i in range(1, 11):
-        x = block17(x, f"Repeat_1/block17_{i}", scale=0.10)
-    x = Mixed7a(**settings)(x)
-    for i in range(1, 6):
-        x = block8(x, f"Repeat_2/block8_{i}", scale=0.20)
-    x = block8(x, "Block8", scale=1.0, activation=False)
+    x = Stem(**units)(inputs)
+    stages = [(Block35(**units), "Repeat/block35", Mixed6a(**units)),
+              (Block17(**units), "Repeat_1/block17", Mixed7a(**units)),
+              (Block8(**units), "Repeat_2/block8", None)]
+    for (block, prefix, reduction), n in zip(stages, repeats):
+        for i in range(1, n + 1):
+            x = block(x, f"{prefix}_{i}")
+        if reduction is not None:
+            x = reduction(x)
+    x = Block8(**units)(x, "Block8", scale=1.0, activation=False)
 
     x = layers.GlobalAveragePooling2D(name="Logits.AvgPool_1a_8x8")(x)
     x = layers.Dropout(1.0 - dropout_keep_prob, name="Logits.Dropout")(x)

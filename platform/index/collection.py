@@ -25,7 +25,9 @@ interrupted. Reading ``faces/*.parquet`` directly (pandas, DuckDB, ``ray.data.re
 is also safe: only committed files are ever moved there.
 
 **Row identity.** A face is identified by ``(content_hash, face_index)``: the sha256 of the
-file's bytes and the face's rank by detection score. ``files`` is an append-only log: the last
+file's bytes and the face's rank by detection score. A video or animated image has its faces
+numbered 0..N-1 over its sampled frames in time order; each row says its ``frame_time`` (s) and
+``frame_index`` (null for photos), so ``(content_hash, frame_time)`` names the frame. ``files`` is an append-only log: the last
 row of a path (in commit order) is its current state. ``failures`` is a log of failure events.
 
 **Deleted and changed files.** When a file that a build's SOURCE covers is gone, the build
@@ -42,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,10 +53,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
+from facenet_platform.core.errors import ConfigError
 from facenet_platform.core.facetable import face_schema
 
 from .layout import IndexLayout
+from .locking import IndexBusyError, WriterLock
 from .status import STATUS_FAILED, STATUS_INDEXED, STATUS_NO_FACE, STATUS_REMOVED
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,14 @@ FACES_EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("sharpness", pa.float32(), nullable=False),
     pa.field("indexed_at", _TS, nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    # Media (issue 13); null in parts written before them. A face is still keyed by
+    # (content_hash, face_index): a video's faces are numbered 0..N-1 over its sampled frames.
+    pa.field("frame_time", pa.float64(), nullable=True),     # s into a video/animation; null: still
+    pa.field("frame_index", pa.int32(), nullable=True),      # frame number in the stream; null: still
+    pa.field("decoder", pa.string(), nullable=True),         # pillow | pillow-heif | rawpy-preview | rawpy-half | pyav | pillow-frames
+    pa.field("orientation", pa.int16(), nullable=True),      # EXIF orientation the file declared (0: none)
+    pa.field("rotation", pa.int16(), nullable=True),         # degrees clockwise the sideways retry turned the photo
+    pa.field("xmp_name", pa.string(), nullable=True),        # name of the matched XMP face region
 )
 
 FILES_SCHEMA = pa.schema([
@@ -117,6 +127,8 @@ FILES_SCHEMA = pa.schema([
     pa.field("image_height", pa.int32(), nullable=True),
     pa.field("indexed_at", _TS, nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    # RAW + render of the same shot share it (core/media/pairing.py); null otherwise
+    pa.field("shot_id", pa.string(), nullable=True),
 ])
 
 FAILURES_SCHEMA = pa.schema([
@@ -143,10 +155,6 @@ def _schema_for(table: str, embedding_size: int | None) -> pa.Schema:
     return FILES_SCHEMA if table == FILES else FAILURES_SCHEMA
 
 
-class IndexBusyError(FaceNetPlatformError):
-    """Another ``index build`` is writing to the same index directory."""
-
-
 @dataclass(frozen=True)
 class _Part:
     table: str
@@ -165,6 +173,7 @@ class CollectionStore:
         self.commits_dir = layout.path("_collection", "commits")
         self.staging_dir = layout.path("_collection", "staging")
         self.lock_path = layout.path("_collection", "LOCK")
+        self._lock = WriterLock(layout, self.lock_path, "index build")
 
     # -- commit log --------------------------------------------------------------------------
 
@@ -296,8 +305,10 @@ class CollectionStore:
 
     def read(self, table: str, columns: Sequence[str] | None = None,
              commits: Sequence[dict] | None = None) -> pa.Table:
-        """A committed table (``faces``, ``files`` or ``failures``) in commit order."""
+        """A committed table (``faces``, ``files`` or ``failures``) in commit order; columns
+        added since older parts were written read as nulls there."""
         commits = self.commits() if commits is None else commits
+        table_name = table
         paths = self.part_paths(table, commits)
         if not paths:
             size = next((r.get("embedding_size") for r in reversed(commits)
@@ -306,70 +317,38 @@ class CollectionStore:
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
             return schema.empty_table()
-        parts = [pq.read_table(p, filesystem=self.fs, columns=list(columns) if columns else None)
-                 for p in paths]
-        return pa.concat_tables(parts)
+        parts = []
+        for p in paths:
+            wanted = list(columns) if columns else None
+            if wanted is not None:  # parts written before a column existed lack it
+                present = set(pq.read_schema(p, filesystem=self.fs).names)
+                wanted = [c for c in wanted if c in present]
+            parts.append(pq.read_table(p, filesystem=self.fs, columns=wanted))
+        table = pa.concat_tables(parts, promote_options="default")
+        if columns is not None:
+            size = next((r.get("embedding_size") for r in reversed(commits)
+                         if r.get("embedding_size")), None) or 512
+            schema = _schema_for(table_name, size)
+            for c in columns:
+                if c not in table.column_names:
+                    table = table.append_column(schema.field(c), pa.nulls(table.num_rows,
+                                                                          schema.field(c).type))
+            table = table.select(list(columns))
+        return table
 
     # -- single-writer lock ------------------------------------------------------------------
 
     def acquire_lock(self, run_id: str) -> None:
-        """Take the build lock; a lock left by a dead process on this host is taken over.
+        """Take the build lock (:class:`~facenet_platform.index.locking.WriterLock`); a lock
+        left by a dead process on this host is taken over.
 
         On filesystems other than the local one the lock is advisory (written, not checked
         atomically): do not run two builds into one remote index at once.
         """
-        self.fs.create_dir(self.meta_dir, recursive=True)
-        me = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        payload = json.dumps(me).encode()
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            for _ in range(2):
-                try:
-                    fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    holder = self._lock_holder()
-                    if holder is not None and _alive(holder):
-                        raise IndexBusyError(
-                            f"{self.layout.root} is being written by another index build (pid "
-                            f"{holder.get('pid')} on {holder.get('host')}, run "
-                            f"{holder.get('run_id')}); wait for it or stop it. If no build is "
-                            f"running, delete {self.lock_path}") from None
-                    logger.warning("taking over the lock of an interrupted build (%s)", holder)
-                    try:
-                        os.unlink(self.lock_path)
-                    except FileNotFoundError:
-                        pass
-                    continue
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(payload)
-                return
-            raise IndexBusyError(f"could not take the lock {self.lock_path}")
-        self.layout.write_bytes_atomic(self.lock_path, payload)
-
-    def _lock_holder(self) -> dict | None:
-        try:
-            return json.loads(self.layout.read_bytes(self.lock_path))
-        except (OSError, ValueError):
-            return None
+        self._lock.acquire(run_id, run_id=run_id)
 
     def release_lock(self, run_id: str) -> None:
-        holder = self._lock_holder()
-        if holder is not None and holder.get("run_id") == run_id:
-            self.fs.delete_file(self.lock_path)
-
-
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # cannot tell: assume it runs
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    # Our own pid: a build of this process that ended without releasing (it always does, in a
-    # finally), so the lock is stale.
-    return int(holder["pid"]) != os.getpid()
+        self._lock.release(run_id)
 
 
 def _store(index_dir: str | os.PathLike | IndexLayout) -> CollectionStore:

@@ -27,7 +27,7 @@ PROG = "facenet-platform"
 def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._SubParsersAction) -> None:
     """Add ``enroll``, ``add-identity``, ``remove-identity``, ``cluster`` to the ``index`` group
     and ``identify`` to the top level."""
-    from . import people_clusters as cl
+    from . import people_cluster_defaults as cl
     from .faiss_index import DEFAULT_AUTO_THRESHOLD, INDEX_TYPES
 
     index_types = ["auto", *INDEX_TYPES]
@@ -58,7 +58,8 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     _index_option(p)
     p.set_defaults(handler=cmd_remove_identity)
 
-    p = index_sub.add_parser("cluster", help="group the collection's faces into people (no labels)")
+    p = index_sub.add_parser("cluster", help="(deprecated: use `people update`) group the "
+                                             "collection's faces into clusters")
     _index_option(p)
     p.add_argument("--max-distance", type=float, default=None,
                    help=f"squared L2 distance within which two faces may be linked "
@@ -66,7 +67,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--min-faces", type=int, default=None,
                    help=f"smallest cluster kept; smaller groups stay unassigned "
                         f"(default {cl.DEFAULT_MIN_FACES})")
-    p.add_argument("--algorithm", choices=sorted(cl.CLUSTERERS), default=None,
+    p.add_argument("--algorithm", choices=sorted(cl.ALGORITHMS), default=None,
                    help=f"clustering on the k-NN graph (default {cl.DEFAULT_ALGORITHM})")
     p.add_argument("--neighbors", type=int, default=None,
                    help=f"k of the k-NN graph (default {cl.DEFAULT_NEIGHBORS})")
@@ -153,15 +154,15 @@ def _embed_photos(pipeline, items, batch_size: int):
 
 def _open_gallery(args, pipeline, **settings):
     from .gallery import Gallery
-    from .identify import check_compatible, describe_pipeline
+    from .identify import check_compatible
 
-    gallery = Gallery.open(args.index_dir, model_id=pipeline.embedder.model_id,
+    gallery = Gallery.open(args.index_dir, spec=pipeline.spec, flip=pipeline.embedder.flip,
                            embedding_size=pipeline.embedder.embedding_size,
-                           threshold=pipeline.threshold, pipeline=describe_pipeline(pipeline),
+                           threshold=pipeline.threshold,
                            **{k: v for k, v in settings.items() if v is not None})
     check_compatible(pipeline, gallery)
-    if gallery.pipeline is None:  # a gallery from before the settings were recorded
-        gallery.pipeline = describe_pipeline(pipeline)
+    if gallery.spec is None:  # a gallery from before the model spec was recorded
+        gallery.spec, gallery.flip = pipeline.spec, pipeline.embedder.flip
     return gallery
 
 
@@ -284,12 +285,12 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from facenet_platform.core.errors import ConfigError, ImageError
     from facenet_platform.core.images import read_image
 
-    from .gallery import Gallery
     from .identify import identify_faces
+    from .people_gallery import PeopleGallery
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    gallery = Gallery.load(args.index_dir)
+    gallery = PeopleGallery.load(args.index_dir)
     images, errors = [], []
     for path in args.images:
         try:
@@ -318,15 +319,21 @@ def cmd_identify(args: argparse.Namespace) -> int:
             print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
             for i, face in enumerate(faces):
                 box = ", ".join(f"{v:.0f}" for v in face.box)
-                nearest = (f"{face.matches[0].name} {face.matches[0].distance:.3f}"
-                           if face.matches else "empty gallery")
-                others = "  ".join(f"{m.name} {m.distance:.3f}" for m in face.matches[1:])
+                nearest = (f"{_who(face.matches[0])} {face.matches[0].distance:.3f}"
+                           if face.matches else "no people")
+                others = "  ".join(f"{_who(m)} {m.distance:.3f}" for m in face.matches[1:])
+                why = "" if face.reason in (None, "match", "too_far") else f" ({face.reason})"
                 print(f"  face {i}  box [{box}]  score {face.score:.3f}  ->  {face.decision}"
-                      f"  (nearest {nearest}; threshold {threshold:g})"
+                      f"{why}  (nearest {nearest}; threshold {threshold:g})"
                       + (f"  | next: {others}" if others else ""))
     for message in errors:
         print(f"{PROG}: error: {message}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _who(match) -> str:
+    """A match as printed: the name, or ``p17 (unnamed)``."""
+    return match.name or f"{match.person} (unnamed)"
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -342,4 +349,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.text())
+    print(f"{PROG}: note: `index cluster` is deprecated: `people update` gives faces to people "
+          f"that keep their names and decisions (`people update --metrics`, `people show "
+          f"PERSON --sheet PNG`)", file=sys.stderr)
     return 0

@@ -41,8 +41,11 @@ class IndexLayout:
     root: str  # path on ``fs`` (no scheme)
 
     @classmethod
-    def open(cls, uri: str | os.PathLike) -> "IndexLayout":
-        """Resolve a local path or a filesystem URI (``s3://bucket/index``)."""
+    def open(cls, uri: "str | os.PathLike | IndexLayout") -> "IndexLayout":
+        """Resolve a local path or a filesystem URI (``s3://bucket/index``); a layout is
+        returned as it is."""
+        if isinstance(uri, IndexLayout):
+            return uri
         uri = os.fspath(uri)
         if "://" in uri:
             fs, path = pafs.FileSystem.from_uri(uri)

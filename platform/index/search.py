@@ -2,20 +2,24 @@
 
     read_parquet(faces) -> map_batches(GallerySearcher, ActorPool) -> driver -> matches.parquet
 
-:class:`GallerySearcher` loads the gallery's FAISS index once per actor
-(:meth:`facenet_platform.index.gallery.Gallery.load`, memory-mapped where possible) and returns the
-``top_k`` nearest identities of each face. The driver streams the results into one Parquet file
-(written to a temporary name, then renamed), one row per (face, rank):
+:class:`GallerySearcher` loads the people as a gallery once per actor
+(:class:`facenet_platform.index.people_gallery.PeopleGallery`: visible people's templates and
+enrolled identities not yet linked to a person) and returns the ``top_k`` nearest people of each
+face. The driver streams the results into one Parquet file (written to a temporary name, then
+renamed), one row per (face, rank):
 
 =============  ======================================================================
 path           str: the image the face is in
 content_hash   str: sha256 of the image ("" when the input table has no such column)
 face_index     int32: the face within the image
-rank           int16: 0 = nearest identity
-name           str: identity
-distance       float32: squared L2 distance to the identity's nearest gallery face
-is_match       bool: ``distance <= threshold`` (the gallery's identification threshold unless
-               ``SearchOptions.threshold`` / ``--threshold`` is given; in the file's metadata)
+rank           int16: 0 = nearest person
+name           str: the person's name ("" for a person without a name)
+distance       float32: squared L2 distance to the person's nearest template
+is_match       bool: a named person within the threshold (the people's assign distance unless
+               ``SearchOptions.threshold`` / ``--threshold`` is given; in the file's metadata),
+               for a face at or above the quality floor -- identify's decision
+person_id      str: the person's id (null for an enrolled identity no person is linked to)
+quality        float32: the face's quality (NaN when the table has no detection columns)
 =============  ======================================================================
 
 The faces table is the collection of ``INDEX_DIR`` by default (what ``index build`` wrote), or
@@ -54,6 +58,8 @@ MATCHES_SCHEMA = pa.schema([
     pa.field("name", pa.string(), nullable=False),
     pa.field("distance", pa.float32(), nullable=False),
     pa.field("is_match", pa.bool_(), nullable=False),
+    pa.field("person_id", pa.string(), nullable=True),
+    pa.field("quality", pa.float32(), nullable=True),
 ])
 
 _NEEDED = ("path", "face_index", "embedding", "model_id")
@@ -114,9 +120,9 @@ class GallerySearcher:
                 faiss.omp_set_num_threads(int(num_threads))
             except ImportError:  # pragma: no cover - faiss-cpu is a dependency
                 pass
-        from .gallery import Gallery
+        from .people_gallery import PeopleGallery
 
-        self.gallery = Gallery.load(index_dir)
+        self.gallery = PeopleGallery.load(index_dir)
         self.top_k = int(top_k)
         self.threshold = (self.gallery.identify_threshold if threshold is None
                           else float(threshold))
@@ -126,12 +132,15 @@ class GallerySearcher:
         emb = np.stack(emb) if emb.dtype == object else np.asarray(emb)
         results = self.gallery.search(np.asarray(emb, np.float32), self.top_k)
         threshold = self.threshold
-        src, rank, names, dist = [], [], [], []
+        quality = _batch_quality(batch)
+        src, rank, names, dist, persons = [], [], [], [], []
         for i, matches in enumerate(results):
             for r, match in enumerate(matches):
                 src.append(i), rank.append(r), names.append(match.name)
-                dist.append(match.distance)
+                dist.append(match.distance), persons.append(match.person)
         src_idx = np.asarray(src, np.int64)
+        q = quality[src_idx] if quality is not None else np.full(len(src_idx), np.nan, np.float32)
+        good = ~(q < self.gallery.min_quality)  # unknown quality (NaN) is not refused
         hashes = batch.get("content_hash")
         n = len(src_idx)
         return {
@@ -142,8 +151,30 @@ class GallerySearcher:
             "rank": np.asarray(rank, np.int16),
             "name": np.asarray(names, dtype=object),
             "distance": np.asarray(dist, np.float32),
-            "is_match": np.asarray(dist, np.float32) <= threshold,
+            # a named person within the threshold, for a face above the quality floor
+            "is_match": (np.asarray(dist, np.float32) <= threshold)
+            & (np.asarray(names, dtype=object) != "") & good,
+            "person_id": np.asarray(persons, dtype=object),
+            "quality": q.astype(np.float32),
         }
+
+
+def _batch_quality(batch: dict[str, np.ndarray]) -> np.ndarray | None:
+    """``(N,) float32`` quality of a batch of stored faces (its ``quality`` column, or computed
+    from score, box, landmarks and sharpness), or None when the table has neither."""
+    if "quality" in batch:
+        return np.asarray(batch["quality"], np.float32)
+    if not all(c in batch for c in ("score", "box", "landmarks")):
+        return None
+    from facenet_platform.core.quality import face_quality
+
+    def rows(values, size):
+        values = np.stack(values) if np.asarray(values).dtype == object else np.asarray(values)
+        return np.asarray(values, np.float32).reshape(-1, size)
+
+    sharp = np.asarray(batch["sharpness"], np.float32) if "sharpness" in batch else None
+    return face_quality(np.asarray(batch["score"], np.float32), rows(batch["box"], 4),
+                        rows(batch["landmarks"], 10), sharp)
 
 
 def _faces_source(layout: IndexLayout, faces: str | None) -> tuple[list[str], pafs.FileSystem, pa.Schema]:
@@ -198,6 +229,25 @@ def _dead_faces(paths: list[str], fs: pafs.FileSystem, dead: frozenset[str]) -> 
                                value_set=pa.array(sorted(dead), pa.string()))).as_py() or 0)
 
 
+def _check_collection_spec(layout: IndexLayout, gallery) -> None:
+    """ConfigError when the collection's model spec (crop, standardization) is not the one the
+    gallery was enrolled with: same model id, other settings, incomparable embeddings."""
+    from facenet_platform.core.model_spec import ModelSpec
+
+    from .gallery import GalleryError
+    from .layout import read_manifest
+
+    recorded = (read_manifest(layout).get("collection") or {}).get("model")
+    if not recorded:
+        return  # a collection from before the spec was recorded
+    spec = ModelSpec.from_metadata(recorded, where=f"{layout.manifest} collection.model")
+    try:
+        gallery.check_model(spec)
+    except GalleryError as exc:
+        raise ConfigError(f"the collection's faces cannot be searched against the gallery: "
+                          f"{exc}") from None
+
+
 def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | None = None,
                  output: str | os.PathLike | None = None,
                  options: SearchOptions | None = None) -> SearchSummary:
@@ -210,7 +260,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     """
     from facenet_platform.ray_connection import check_ray_address, connect_ray, resolve_address
 
-    from .gallery import Gallery, check_threshold
+    from .gallery import check_threshold
+    from .people_gallery import PeopleGallery
 
     options = options or SearchOptions()
     if options.top_k < 1 or options.batch_size < 1:
@@ -219,7 +270,7 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
         check_threshold(options.threshold)
     start = time.monotonic()
     layout = IndexLayout.open(index_dir)
-    gallery = Gallery.load(os.fspath(index_dir))  # fails fast without a gallery
+    gallery = PeopleGallery.load(index_dir)  # fails fast without people or a gallery
     threshold = (gallery.identify_threshold if options.threshold is None
                  else float(options.threshold))
     paths, fs, schema = _faces_source(layout, None if faces is None else os.fspath(faces))
@@ -230,6 +281,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     if models - {gallery.model_id}:
         raise ConfigError(f"the faces come from model(s) {sorted(models)} but the gallery from "
                           f"{gallery.model_id}: embeddings of different models cannot be compared")
+    if faces is None:
+        _check_collection_spec(layout, gallery)
 
     if output is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -252,7 +305,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     actors = options.actors or min(4, max(1, int(cpus // 2)))
     actor_cpus = min(options.actor_cpus, max(0.25, (cpus - 0.25) / actors))
-    columns = [c for c in ("path", "content_hash", "face_index", "embedding") if c in schema.names]
+    columns = [c for c in ("path", "content_hash", "face_index", "embedding", "score", "box",
+                           "landmarks", "sharpness", "quality") if c in schema.names]
     ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     if faces is None:  # the collection: only the faces of files that are still there
         live = live_content(CollectionStore(layout).read(FILES))
@@ -289,6 +343,10 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
                     pa.array(batch["name"].astype(str), pa.string()),
                     pa.array(batch["distance"], pa.float32()),
                     pa.array(batch["is_match"], pa.bool_()),
+                    # ids, or None (Ray Data may hand an all-None column back as NaNs)
+                    pa.array([p if isinstance(p, str) else None for p in batch["person_id"]],
+                             pa.string()),
+                    pa.array(np.asarray(batch["quality"], np.float32), pa.float32()),
                 ], schema=schema_out)
                 writer.write_table(table)
                 summary.rows += n

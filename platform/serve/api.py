@@ -1,51 +1,34 @@
-"""The HTTP ingress: a FastAPI app (``@serve.ingress``) that composes the model deployments.
-
-Endpoints (JSON; OpenAPI at ``/docs`` and ``/openapi.json``)::
-
-    POST   /v1/identify                 one photo -> every face, top-k identities, decision
-    POST   /v1/verify                   file1 + file2 -> distance, threshold, same person or not
-    POST   /v1/embed                    one photo -> every face with its embedding
-    POST   /v1/identities/{name}/faces  enroll one or more photos of a person
-    DELETE /v1/identities/{name}        forget a person (404 if unknown)
-    GET    /v1/identities               who is enrolled, faces each
-    GET    /v1/stats                    counters and latencies
-    GET    /healthz                     200 once models and gallery answer, else 503
-    GET    /                            the web page
-
-A photo comes as the multipart field ``file`` (``file1``/``file2`` for verify; any number of
-file fields to enroll) or as the raw request body. Errors are ``{"error": message, "code": code}``
-with 400 (not an image, corrupt, bad parameter), 401 (API key), 404, 413 (body or pixel limit),
-422 (verify/enroll photo without a face) or 503 (a backend is down); a photo without faces is a
-200 with an empty ``faces`` list. With ``FACENET_API_KEY`` set in the ingress' environment,
-everything under ``/v1`` needs it (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``); the
-page, ``/docs`` and ``/healthz`` do not (they return no data).
+"""The HTTP ingress: :class:`FaceAPI` (``@serve.ingress``) composes the model, gallery,
+thumbnail and people deployments behind the routes of :mod:`facenet_platform.serve.webapp`
+(where the endpoint list, the error model and the API keys are described). The people routes
+are the :class:`~facenet_platform.serve.people_api.PeopleRoutes` mixin.
 """
 
 import asyncio
 import collections
 import hashlib
-import hmac
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facenet_platform.core.errors import NoFaceFoundError
+from facenet_platform.index.face_ids import check_face_id
 from facenet_platform.index.gallery import GalleryError
 
-from .config import API_KEY_ENV, INGRESS, AppArgs
-from .deployments import Detected, WriteResult
+from .auth import KeyRing
+from .catalog import check_photo_id
+from .config import INGRESS, AppArgs
+from .deployments import Detected, Thumbnail, WriteResult
 from .http_errors import Failure, http_status
+from .people_api import PeopleRoutes
+from .thumbnails import FACE_SIZES, PHOTO_SIZES, snap_size
 from .uploads import (
     BadUpload,
     all_uploads,
@@ -53,89 +36,21 @@ from .uploads import (
     read_body,
     single_upload,
 )
-
-logger = logging.getLogger(__name__)
-
-API_VERSION = "v1"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message, "code": code}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _error(status: int, code: str, message: str, **extra) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message, "code": code, **extra}, status_code=status,
-                        headers=headers)
-
-
-app = FastAPI(
-    title="facenet-platform",
-    version="1",
-    description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+from .webapp import (
+    ADMIN_AUTH,
+    API_VERSION,
+    READ_AUTH,
+    STATIC_DIR,
+    ApiError,
+    app,
+    error_response,
+    image_body,
+    install_keyring,
+    keyring,
+    unavailable_errors,
 )
 
-
-@app.exception_handler(ApiError)
-async def _api_error(_, exc: ApiError):
-    return _error(exc.status, exc.code, exc.message)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_, exc: RequestValidationError):
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('query', 'path'))}: "
-        f"{e.get('msg')}" for e in exc.errors())
-    return _error(400, "invalid_parameter", problems or "invalid request")
-
-
-_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_, exc: StarletteHTTPException):
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"),
-                  str(exc.detail))
-
-
-# -- API key ---------------------------------------------------------------------------------------
-
-_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                           description=f"the API key, when the service sets {API_KEY_ENV}")
-_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
-
-
-def require_api_key(x_api_key: Optional[str] = Security(_key_header),
-                    bearer: Optional[HTTPAuthorizationCredentials] = Security(_bearer)) -> None:
-    """Enforce ``FACENET_API_KEY`` (read from the replica's environment) when it is set."""
-    expected = os.environ.get(API_KEY_ENV)
-    if not expected:
-        return
-    given = x_api_key or (bearer.credentials if bearer else None)
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized",
-                       "missing or wrong API key: send it as 'X-API-Key: KEY' or "
-                       "'Authorization: Bearer KEY'")
-
-
-AUTH = [Depends(require_api_key)]
-
-
-def _image_body(*fields: str, multiple: bool = False, raw: bool = True) -> dict:
-    """OpenAPI description of an upload body (the endpoints parse it themselves)."""
-    props = {f: ({"type": "array", "items": {"type": "string", "format": "binary"}}
-                 if multiple else {"type": "string", "format": "binary"}) for f in fields}
-    content = {"multipart/form-data": {"schema": {"type": "object", "properties": props,
-                                                  "required": list(fields)}}}
-    if raw:
-        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
-        content["image/jpeg"] = {"schema": {"type": "string", "format": "binary"}}
-    return {"requestBody": {"required": True, "content": content}}
+logger = logging.getLogger(__name__)
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -171,33 +86,29 @@ class _Stats:
 
 # -- the ingress -----------------------------------------------------------------------------------
 
-_UNAVAILABLE: tuple[type[BaseException], ...] = ()
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    """Ray's errors for a replica that died or cannot be reached (retried once: idempotent)."""
-    global _UNAVAILABLE
-    if not _UNAVAILABLE:
-        import ray.exceptions as rex
-
-        names = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
-                 "ActorUnschedulableError", "WorkerCrashedError", "NodeDiedError")
-        _UNAVAILABLE = tuple(getattr(rex, n) for n in names if hasattr(rex, n))
-    return _UNAVAILABLE
-
-
 @serve.deployment(name=INGRESS)
 @serve.ingress(app)
-class FaceAPI:
+class FaceAPI(PeopleRoutes):
     """HTTP front: parses and checks uploads, then calls detector -> embedder -> searcher."""
 
     def __init__(self, detector: DeploymentHandle, embedder: DeploymentHandle,
-                 searcher: DeploymentHandle, writer: DeploymentHandle, settings: dict):
+                 searcher: DeploymentHandle, writer: DeploymentHandle,
+                 thumbnailer: DeploymentHandle, people: DeploymentHandle, settings: dict):
         from facenet_platform.core.images import max_pixels_from_env
 
         self.args = AppArgs.model_validate(settings)
-        self.detector, self.embedder, self.searcher, self.writer = (
-            detector, embedder, searcher, writer)
+        keys = KeyRing.from_config(self.args.auth, os.environ)
+        keys.check_startable()  # no key and keys not turned off: refuse to start
+        if len(keys):
+            logger.info("API keys: %s", keys.counts())
+        else:
+            logger.warning("API keys are OFF (insecure_no_auth): anyone who can reach this "
+                           "service can see every face and change every person")
+        install_keyring(keys)
+        self.detector, self.embedder, self.searcher, self.writer, self.thumbnailer = (
+            detector, embedder, searcher, writer, thumbnailer)
+        self.people = people
+        self._people_floor = 0  # the newest people version this replica wrote or was told of
         self.max_pixels = self.args.max_pixels or max_pixels_from_env()
         self.stats = _Stats()
         self._model: Optional[dict[str, Any]] = None
@@ -208,7 +119,7 @@ class FaceAPI:
 
     async def _call(self, method, *args):
         """``await handle.method.remote(*args)``, retried when the replica died mid-call."""
-        errors = _unavailable_errors()
+        errors = unavailable_errors()
         for attempt in range(self.args.call_retries + 1):
             try:
                 return await method.remote(*args)
@@ -296,7 +207,7 @@ class FaceAPI:
 
     # ---------------------------------------------------------------------------- endpoints
 
-    @app.post(f"/{API_VERSION}/identify", dependencies=AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/identify", dependencies=READ_AUTH, openapi_extra=image_body("file"),
               summary="Who is in this photo: every face, its top-k identities and a decision")
     async def identify(
         self, request: Request,
@@ -313,7 +224,9 @@ class FaceAPI:
                                                           max_faces))
 
     async def _identify(self, request, top_k, threshold, max_faces):
-        from facenet_platform.index.identify import IdentifiedFace, decide
+        from facenet_platform.core.quality import face_quality
+        from facenet_platform.index.identify import IdentifiedFace, decide_face
+        from facenet_platform.index.stages import sharpness
 
         source, data = single_upload(request.headers.get("content-type"),
                                      await self._body(request))
@@ -324,20 +237,25 @@ class FaceAPI:
             embeddings = np.zeros((0, int(info["embedding_size"])), np.float32)
         else:
             embeddings = await self._embed(det.crops)
-        # The gallery's identification (1:N) threshold, not the embedder's 1:1 one.
-        version, gallery_threshold, matches = await self._call(self.searcher.search,
-                                                               embeddings, top_k)
+        # The people's identification (1:N) threshold, not the embedder's 1:1 one.
+        version, gallery_threshold, matches, min_quality = await self._call(
+            self.searcher.search, embeddings, top_k)
         thr = gallery_threshold if threshold is None else float(threshold)
-        faces = [IdentifiedFace(int(det.indices[i]), det.boxes[i], det.landmarks[i],
-                                float(det.scores[i]), decide(matches[i], thr), matches[i],
-                                thr).to_dict()
-                 for i in range(len(det))]
+        quality = (face_quality(det.scores, det.boxes, det.landmarks, sharpness(det.crops))
+                   if len(det) else np.zeros(0, np.float32))
+        faces = []
+        for i in range(len(det)):
+            decision, reason, person = decide_face(matches[i], thr, float(quality[i]),
+                                                   min_quality)
+            faces.append(IdentifiedFace(int(det.indices[i]), det.boxes[i], det.landmarks[i],
+                                        float(det.scores[i]), decision, matches[i], thr, person,
+                                        float(quality[i]), reason).to_dict())
         self.stats.faces += len(faces)
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "threshold": thr, "gallery_version": version, "detected": det.n_detected}
 
-    @app.post(f"/{API_VERSION}/verify", dependencies=AUTH,
-              openapi_extra=_image_body("file1", "file2", raw=False),
+    @app.post(f"/{API_VERSION}/verify", dependencies=READ_AUTH,
+              openapi_extra=image_body("file1", "file2", raw=False),
               summary="Are the main faces of two photos the same person?")
     async def verify(
         self, request: Request,
@@ -347,7 +265,7 @@ class FaceAPI:
         return await self._run("verify", self._verify(request, threshold))
 
     async def _verify(self, request, threshold):
-        from facenet_platform.core.pipeline import Verification, squared_distance
+        from facenet_platform.core.pipeline import Verification, face_json, squared_distance
 
         uploads = named_uploads(request.headers.get("content-type"), await self._body(request),
                                 ("file1", "file2"))
@@ -361,14 +279,11 @@ class FaceAPI:
         if threshold is None:
             threshold = (await self._model_info())["threshold"]
         result = Verification(squared_distance(embeddings[0], embeddings[1]), float(threshold))
-        faces = [{"box": [round(float(v), 1) for v in d.boxes[0]],
-                  "score": round(float(d.scores[0]), 5),
-                  "landmarks": [[round(float(x), 1), round(float(y), 1)]
-                                for x, y in d.landmarks[0]],
+        faces = [{**face_json(d.boxes[0], d.scores[0], d.landmarks[0]),
                   "faces_in_photo": d.n_detected} for d in found]
         return {**result.to_dict(), "faces": faces}
 
-    @app.post(f"/{API_VERSION}/embed", dependencies=AUTH, openapi_extra=_image_body("file"),
+    @app.post(f"/{API_VERSION}/embed", dependencies=READ_AUTH, openapi_extra=image_body("file"),
               summary="Every face of a photo with its embedding")
     async def embed(
         self, request: Request,
@@ -377,7 +292,7 @@ class FaceAPI:
         return await self._run("embed", self._embed_faces(request, max_faces))
 
     async def _embed_faces(self, request, max_faces):
-        from facenet_platform.core.pipeline import Face
+        from facenet_platform.core.pipeline import face_json
 
         source, data = single_upload(request.headers.get("content-type"),
                                      await self._body(request))
@@ -385,13 +300,13 @@ class FaceAPI:
         info = await self._model_info()
         embeddings = (await self._embed(det.crops) if len(det)
                       else np.zeros((0, info["embedding_size"]), np.float32))
-        faces = [Face(int(det.indices[i]), det.boxes[i], det.landmarks[i], float(det.scores[i]),
-                      embeddings[i]).to_dict(with_embedding=True) for i in range(len(det))]
+        faces = [face_json(det.boxes[i], det.scores[i], det.landmarks[i], index=int(det.indices[i]),
+                           embedding=embeddings[i]) for i in range(len(det))]
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
 
-    @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=AUTH, status_code=201,
-              openapi_extra=_image_body("file", multiple=True),
+    @app.post(f"/{API_VERSION}/identities/{{name}}/faces", dependencies=ADMIN_AUTH, status_code=201,
+              openapi_extra=image_body("file", multiple=True),
               summary="Enroll one or more photos of a person (the main face of each)")
     async def enroll(self, name: str, request: Request):
         return await self._run("enroll", self._enroll(name, request))
@@ -413,15 +328,13 @@ class FaceAPI:
         embeddings = await self._embed(np.concatenate([found[i].crops for i in keep]))
         hashes = [hashlib.sha256(uploads[i][1]).hexdigest() for i in keep]
         sources = [f"upload:{uploads[i][0]}:{hashes[j][:12]}" for j, i in enumerate(keep)]
-        info = await self._model_info()
-        model = {"model_id": info["model_id"], "embedding_size": info["embedding_size"],
-                 "threshold": info["threshold"]}
+        model = (await self._model_info())["spec"]  # a new gallery records the model's spec
         # Not retried on a dead writer: a write must not be applied twice (the content hashes
         # would make a second attempt a no-op anyway, but say so rather than guess).
         try:
             result = self._ok(await self.writer.add.remote(name, embeddings, sources, hashes,
                                                            model))
-        except _unavailable_errors() as exc:
+        except unavailable_errors() as exc:
             raise ApiError(503, "backend_unavailable",
                            f"the gallery writer is unavailable ({type(exc).__name__}); the "
                            "enrollment may not have been saved: retry") from exc
@@ -431,7 +344,7 @@ class FaceAPI:
                 "identities": result.identities}
         return JSONResponse(body, status_code=201 if result.added else 200)
 
-    @app.delete(f"/{API_VERSION}/identities/{{name}}", dependencies=AUTH,
+    @app.delete(f"/{API_VERSION}/identities/{{name}}", dependencies=ADMIN_AUTH,
                 summary="Forget a person (every enrolled face)")
     async def delete_identity(self, name: str):
         return await self._run("delete", self._delete(name))
@@ -439,13 +352,13 @@ class FaceAPI:
     async def _delete(self, name):
         try:
             result = self._ok(await self.writer.remove.remote(name))
-        except _unavailable_errors() as exc:
+        except unavailable_errors() as exc:
             raise ApiError(503, "backend_unavailable",
                            f"the gallery writer is unavailable ({type(exc).__name__})") from exc
         return {"name": name, "removed": result.removed, "gallery_version": result.version,
                 "identities": result.identities}
 
-    @app.get(f"/{API_VERSION}/identities", dependencies=AUTH, summary="Who is enrolled")
+    @app.get(f"/{API_VERSION}/identities", dependencies=READ_AUTH, summary="Who is enrolled")
     async def list_identities(self):
         async def run():
             version, identities = await self._call(self.searcher.identities)
@@ -454,23 +367,83 @@ class FaceAPI:
 
         return await self._run("identities", run())
 
-    @app.get(f"/{API_VERSION}/stats", dependencies=AUTH,
+    @app.get(f"/{API_VERSION}/stats", dependencies=READ_AUTH,
              summary="Request counters and latencies (this ingress replica; one replica of each "
                      "backend)")
     async def get_stats(self):
         async def run():
-            detector, embedder, searcher, writer = await asyncio.gather(
+            detector, embedder, searcher, writer, thumbnailer, people = await asyncio.gather(
                 self._call(self.detector.stats), self._call(self.embedder.stats),
-                self._call(self.searcher.info), self._call(self.writer.stats))
+                self._call(self.searcher.info), self._call(self.writer.stats),
+                self._call(self.thumbnailer.stats), self._call(self.people.stats))
             return {"ingress": {"replica": serve.get_replica_context().replica_tag,
-                                **self.stats.to_dict()},
+                                **self.stats.to_dict(), "api_keys": keyring().counts()},
                     "detector": detector, "embedder": embedder, "gallery": searcher,
-                    "writer": writer,
+                    "writer": writer, "thumbnailer": thumbnailer, "people": people,
                     "limits": {"max_body_bytes": self.args.max_body_bytes,
                                "max_pixels": self.max_pixels,
                                "max_faces_limit": self.args.max_faces_limit}}
 
         return await self._run("stats", run())
+
+    # ---------------------------------------------------------------------------- thumbnails
+
+    @staticmethod
+    def _jpeg(result: Thumbnail) -> Response:
+        headers = {"ETag": result.etag, "Cache-Control": "private, max-age=86400",
+                   "Vary": "X-API-Key, Authorization", "X-Thumbnail-Size": str(result.size)}
+        if result.data is None:
+            return Response(status_code=304, headers=headers)
+        return Response(result.data, media_type="image/jpeg", headers=headers)
+
+    @app.get(f"/{API_VERSION}/faces/{{face_id}}/thumbnail", dependencies=READ_AUTH,
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "JPEG, size x size px"},
+                        304: {"description": "the copy named by If-None-Match is current"}},
+             summary="A collection face as a square JPEG crop (cached; ETag)")
+    async def face_thumbnail(
+        self, face_id: str, request: Request,
+        size: Optional[int] = Query(None, ge=16, le=1024, description=(
+            f"edge in px; served at the smallest of {list(FACE_SIZES)} that is at least this "
+            f"(default {FACE_SIZES[1]})")),
+    ):
+        async def run():
+            fid = check_face_id(face_id)
+            px = snap_size(size, FACE_SIZES, FACE_SIZES[1])
+            return self._jpeg(self._ok(await self._call(
+                self.thumbnailer.face, fid, px, request.headers.get("if-none-match"))))
+
+        return await self._run("thumbnail", run())
+
+    @app.get(f"/{API_VERSION}/photos/{{photo_id}}/thumbnail", dependencies=READ_AUTH,
+             response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}},
+                              "description": "JPEG, longer side at most size px"},
+                        304: {"description": "the copy named by If-None-Match is current"}},
+             summary="A collection photo as a downscaled JPEG (cached; ETag)")
+    async def photo_thumbnail(
+        self, photo_id: str, request: Request,
+        size: Optional[int] = Query(None, ge=16, le=4096, description=(
+            f"longer side in px; served at the smallest of {list(PHOTO_SIZES)} that is at "
+            f"least this (default {PHOTO_SIZES[1]})")),
+    ):
+        async def run():
+            pid = check_photo_id(photo_id)
+            px = snap_size(size, PHOTO_SIZES, PHOTO_SIZES[1])
+            return self._jpeg(self._ok(await self._call(
+                self.thumbnailer.photo, pid, px, request.headers.get("if-none-match"))))
+
+        return await self._run("thumbnail", run())
+
+    @app.get(f"/{API_VERSION}/photos/{{photo_id}}", dependencies=READ_AUTH,
+             summary="A collection photo: its size and its faces (ids and boxes)")
+    async def photo_info(self, photo_id: str):
+        async def run():
+            pid = check_photo_id(photo_id)
+            return self._ok(await self._call(self.thumbnailer.photo_info, pid))
+
+        return await self._run("photo", run())
 
     @app.get("/healthz", summary="200 when the models and the gallery answer, else 503")
     async def healthz(self):
@@ -479,14 +452,14 @@ class FaceAPI:
                 self.detector.ready.remote(), self.embedder.ready.remote(),
                 self.searcher.ready.remote()), timeout=10)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return _error(503, "not_ready", f"not ready: {type(exc).__name__}: {exc}"[:500])
+            return error_response(503, "not_ready", f"not ready: {type(exc).__name__}: {exc}"[:500])
         if (embedder["model_id"], embedder["embedding_size"]) != (
                 searcher["model_id"], searcher["embedding_size"]) and searcher["faces"]:
-            return _error(503, "model_mismatch",
+            return error_response(503, "model_mismatch",
                           f"the gallery holds embeddings of {searcher['model_id']!r} but the "
                           f"embedder runs {embedder['model_id']!r}")
         if detector["crop_size"] != embedder["input_size"]:
-            return _error(503, "model_mismatch",
+            return error_response(503, "model_mismatch",
                           f"the detector crops {detector['crop_size']} px but the model takes "
                           f"{embedder['input_size']} px")
         return {"status": "ok", "model_id": embedder["model_id"],
@@ -498,12 +471,12 @@ class FaceAPI:
     @app.get("/", include_in_schema=False)
     async def page(self):
         if self._page is None:
-            return _error(404, "not_found", "the web page is not installed")
+            return error_response(404, "not_found", "the web page is not installed")
         return HTMLResponse(self._page)
 
     @app.get("/static/{filename}", include_in_schema=False)
     async def static(self, filename: str):
         path = (STATIC_DIR / filename).resolve()
         if path.parent != STATIC_DIR or not path.is_file():
-            return _error(404, "not_found", f"no static file {filename!r}")
+            return error_response(404, "not_found", f"no static file {filename!r}")
         return FileResponse(path)

@@ -9,7 +9,13 @@
 it deploys to that running cluster and returns (``--block`` to stay in the foreground).
 ``serve-config`` writes the equivalent Serve config for ``serve run`` / ``serve deploy`` /
 KubeRay. ``--replicas``: one number for every model deployment, or ``ROLE=N`` / ``ROLE=MIN:MAX``
-(autoscaling) items for ingress, detector, embedder, searcher.
+(autoscaling) items for ingress, detector, embedder, searcher, thumbnailer.
+
+API keys: ``serve`` passes ``FACENET_READ_KEY`` / ``FACENET_ADMIN_KEY`` (and the older
+``FACENET_API_KEY``, an admin key) of its environment to the ingress. With none of them set it
+makes an admin key for this run and prints it once (enter it on the page), unless
+``--insecure-no-auth`` turns keys off. ``serve-key`` prints a new key and the sha256 digest a
+Serve config lists under ``args.auth``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, help="file to write (default stdout)")
     p.set_defaults(handler=cmd_serve_config)
 
+    p = subparsers.add_parser("serve-key",
+                              help="make an API key and print it with its sha256 digest")
+    p.add_argument("--role", choices=("read", "admin"), default="read",
+                   help="where the digest goes in a Serve config (default read)")
+    p.set_defaults(handler=cmd_serve_key)
+
 
 def _app_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", dest="index_dir", required=True, metavar="INDEX_DIR",
@@ -61,7 +73,8 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scaling")
     g.add_argument("--replicas", default=None, metavar="SPEC",
                    help="N for every model deployment, or e.g. detector=2,embedder=1:4 "
-                        "(MIN:MAX = autoscaling); roles: ingress, detector, embedder, searcher")
+                        "(MIN:MAX = autoscaling); roles: ingress, detector, embedder, searcher, "
+                        "thumbnailer")
     g.add_argument("--cpus", default=None, metavar="SPEC",
                    help="logical CPUs per replica, e.g. detector=1,embedder=2 (defaults: "
                         "ingress 0.1, detector 0.5, embedder 1, searcher 0.1)")
@@ -76,7 +89,9 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto",
                    help="embedding backend (default auto: keras-bf16 on CPUs with native bf16, "
                         "else keras-fp32)")
-    g.add_argument("--model", default=None, help="a saved .keras model (default: pretrained)")
+    g.add_argument("--model", default=None,
+                   help="a trained model: checkpoint folder, .keras, SavedModel or .tflite "
+                        "(default: pretrained)")
     g.add_argument("--no-jit", action="store_true",
                    help="never XLA-compile the Keras model (default: the backend's choice)")
     g = p.add_argument_group("limits")
@@ -85,6 +100,10 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=None,
                    help="largest image in pixels (413 above; default $FACENET_MAX_PIXELS or 40M)")
     g.add_argument("--max-faces", type=int, default=20, help="default faces per photo (20)")
+    g = p.add_argument_group("API keys")
+    g.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve without API keys (a private machine only: anyone who reaches "
+                        "the port sees every face and may change every person)")
 
 
 def build_args(ns: argparse.Namespace):
@@ -100,7 +119,8 @@ def build_args(ns: argparse.Namespace):
                        batch_wait_timeout_s=ns.batch_wait_ms / 1000.0, backend=ns.backend,
                        model=ns.model, jit_compile=False if ns.no_jit else None,
                        max_body_bytes=int(ns.max_body_mb * 1024 * 1024),
-                       max_pixels=ns.max_pixels, max_faces=ns.max_faces)
+                       max_pixels=ns.max_pixels, max_faces=ns.max_faces,
+                       auth={"insecure_no_auth": bool(getattr(ns, "insecure_no_auth", False))})
     except ValidationError as exc:
         raise ConfigError(_pydantic_message(exc)) from None
     return apply_cli_scaling(args, ns.replicas, ns.cpus, ns.gpus, ns.target_ongoing)
@@ -123,6 +143,34 @@ def cmd_serve_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_key(ns: argparse.Namespace) -> int:
+    from .auth import key_digest, new_key
+
+    key = new_key()
+    print(f"key:    {key}")
+    print(f"sha256: {key_digest(key)}")
+    print(f"# Serve config: args.auth.{ns.role}_key_sha256: [{key_digest(key)}]", file=sys.stderr)
+    return 0
+
+
+def _api_keys(args, ns: argparse.Namespace) -> str | None:
+    """Pass this shell's API keys to the ingress; make an admin key when there is none.
+
+    Returns the generated key (None when keys came from the environment or are off)."""
+    from .auth import ADMIN_KEY_ENV, KeyRing, new_key
+    from .config import KEY_ENVS
+
+    found = {name: os.environ[name] for name in KEY_ENVS if os.environ.get(name)}
+    KeyRing.from_config(args.auth, found)  # ConfigError on a key too short to be safe
+    generated = None
+    if not found and not args.auth.insecure_no_auth and not (
+            args.auth.read_key_sha256 or args.auth.admin_key_sha256):
+        generated = found[ADMIN_KEY_ENV] = new_key()
+    # Replicas get them explicitly: a remote cluster's workers do not inherit this environment.
+    args.ingress.env.update(found)
+    return generated
+
+
 def cmd_serve(ns: argparse.Namespace) -> int:
     import ray
     from ray import serve
@@ -130,14 +178,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     from facenet_platform.ray_connection import connect_ray
 
     from .app import build_app
-    from .config import API_KEY_ENV
 
     args = build_args(ns)
     local = ns.address is None
-    key = os.environ.get(API_KEY_ENV)
-    if key and not local:
-        # A remote cluster's workers do not inherit this shell's environment.
-        args.ingress.env[API_KEY_ENV] = key
+    generated = _api_keys(args, ns)
+    if args.auth.insecure_no_auth:
+        logger.warning("serving WITHOUT API keys (--insecure-no-auth)")
     try:
         if local:
             needed = math.ceil(args.total_cpus())
@@ -157,7 +203,11 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         prefix = ns.route_prefix.rstrip("/")
         print(f"serving on http://{host}:{ns.port}{prefix}/  (API docs http://{host}:{ns.port}"
               f"{prefix}/docs; ready in {time.perf_counter() - t0:.0f} s"
-              + ("; API key required" if key else "") + ")", flush=True)
+              + ("; NO API keys" if args.auth.insecure_no_auth else "; API keys required")
+              + ")", flush=True)
+        if generated:
+            print(f"admin API key for this run (set FACENET_ADMIN_KEY / FACENET_READ_KEY to "
+                  f"choose keys): {generated}", flush=True)
         if not local and not ns.block:
             return 0
         while True:

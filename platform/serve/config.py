@@ -18,23 +18,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from facenet_platform.core.errors import ConfigError
 
+from .auth import ADMIN_KEY_ENV, LEGACY_KEY_ENV, READ_KEY_ENV, AuthOptions
+
 #: Names of the deployments, as Serve shows them (and as a config's ``deployments:`` names them).
-INGRESS, DETECTOR, EMBEDDER, SEARCHER, WRITER = (
-    "FaceAPI", "Detector", "Embedder", "Searcher", "GalleryWriter")
+INGRESS, DETECTOR, EMBEDDER, SEARCHER, WRITER, THUMBNAILER, PEOPLE = (
+    "FaceAPI", "Detector", "Embedder", "Searcher", "GalleryWriter", "Thumbnailer",
+    "PeopleReader")
 #: Short names accepted by ``--replicas``/``--cpus``/``--gpus`` -> AppArgs field.
 ROLES: dict[str, str] = {"ingress": INGRESS, "detector": DETECTOR, "embedder": EMBEDDER,
-                         "searcher": SEARCHER}
+                         "searcher": SEARCHER, "thumbnailer": THUMBNAILER, "people": PEOPLE}
 
-#: The environment variable holding the optional API key.
-API_KEY_ENV = "FACENET_API_KEY"
+#: The single API key of earlier versions (an admin key); see :mod:`.auth` for the roles.
+API_KEY_ENV = LEGACY_KEY_ENV
+KEY_ENVS = (READ_KEY_ENV, ADMIN_KEY_ENV, LEGACY_KEY_ENV)
 DEFAULT_APP_NAME = "facenet"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 # Default logical CPUs per replica. They add up to 1.75 so that the whole application fits on a
 # 2-CPU machine with one replica each; give the model deployments more where there are cores.
-_DEFAULT_CPUS = {INGRESS: 0.1, DETECTOR: 0.5, EMBEDDER: 1.0, SEARCHER: 0.1, WRITER: 0.05}
+_DEFAULT_CPUS = {INGRESS: 0.1, DETECTOR: 0.5, EMBEDDER: 1.0, SEARCHER: 0.1, WRITER: 0.05,
+                 THUMBNAILER: 0.1, PEOPLE: 0.1}
 # Requests a replica takes at once. The embedder needs at least a batch's worth to fill one.
-_DEFAULT_ONGOING = {INGRESS: 64, DETECTOR: 8, SEARCHER: 32, WRITER: 64}
+_DEFAULT_ONGOING = {INGRESS: 64, DETECTOR: 8, SEARCHER: 32, WRITER: 64, THUMBNAILER: 16,
+                    PEOPLE: 32}
 
 
 class DeploymentOptions(BaseModel):
@@ -109,13 +115,19 @@ class AppArgs(BaseModel):
             bucket that holds it); None: 1, 4 and ``max_batch_size``.
         backend: embedding backend (``auto``: keras-bf16 on CPUs with native bf16, else
             keras-fp32; or ``keras-fp32``, ``keras-bf16``, ``onnx-fp32``, ``onnx-int8``).
-        model: a saved ``.keras`` model; None: the pretrained 20180408-102900 network.
+        model: a trained model (checkpoint folder, ``.keras``, SavedModel, ``.tflite``) whose
+            spec sets both the detector's crop and the embedder; None: the pretrained network.
         jit_compile: compile the Keras forward pass with XLA (None: the backend's default, off
             for both Keras backends on CPU).
         call_retries: times the ingress retries a call whose replica died (the calls are
             idempotent); 0 disables.
-        ingress, detector, embedder, searcher: scaling of each deployment. The gallery writer
-            always runs exactly one replica: it is where enrollments are serialised.
+        thumbnail_cache_mb: encoded JPEG thumbnails each thumbnailer replica keeps (LRU), MiB.
+        auth: API keys (digests) and whether to serve without keys; see
+            :mod:`facenet_platform.serve.auth`.
+        ingress, detector, embedder, searcher, thumbnailer, people: scaling of each deployment
+            (``people``: the PeopleReader replicas that answer browsing). The gallery writer
+            always runs exactly one replica: every change (enrollment, people decision) is
+            serialised there.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -134,10 +146,14 @@ class AppArgs(BaseModel):
     model: Optional[str] = None
     jit_compile: Optional[bool] = None
     call_retries: int = Field(1, ge=0, le=5)
+    thumbnail_cache_mb: float = Field(64.0, ge=0)
+    auth: AuthOptions = Field(default_factory=AuthOptions)
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
     detector: DeploymentOptions = Field(default_factory=DeploymentOptions)
     embedder: DeploymentOptions = Field(default_factory=DeploymentOptions)
     searcher: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    thumbnailer: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    people: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
     @field_validator("index_dir")
     @classmethod
@@ -169,7 +185,7 @@ class AppArgs(BaseModel):
 
     def deployments(self) -> dict[str, DeploymentOptions]:
         return {INGRESS: self.ingress, DETECTOR: self.detector, EMBEDDER: self.embedder,
-                SEARCHER: self.searcher}
+                SEARCHER: self.searcher, THUMBNAILER: self.thumbnailer, PEOPLE: self.people}
 
     def serve_options(self) -> dict[str, dict[str, Any]]:
         """``Deployment.options()`` of every deployment, the writer's included."""
@@ -190,7 +206,7 @@ def parse_role_values(spec: str | None, what: str, *, allow_range: bool = False
     """``"2"`` (every model deployment) or ``"detector=2,embedder=1:4"`` -> ``{role: value}``.
 
     With ``allow_range``, ``MIN:MAX`` means autoscaling between the two and is returned as a
-    ``(min, max)`` tuple. Roles: ingress, detector, embedder, searcher.
+    ``(min, max)`` tuple. Roles: ingress, detector, embedder, searcher, thumbnailer, people.
     """
     if spec is None or not spec.strip():
         return {}
@@ -255,11 +271,11 @@ def serve_config(args: AppArgs, *, host: str = "0.0.0.0", port: int = 8000,
     """A Serve config (``serve run`` / ``serve deploy`` / KubeRay ``serveConfigV2``) for ``args``.
 
     Application-level settings go to ``args:``; how each deployment scales goes to
-    ``deployments:`` where operators expect to edit it. The API key is never written here: set
-    ``FACENET_API_KEY`` in the application's ``runtime_env`` (or the pods' environment).
+    ``deployments:`` where operators expect to edit it. No API key is ever written here: list
+    key digests under ``args.auth`` or set ``FACENET_READ_KEY`` / ``FACENET_ADMIN_KEY`` in the
+    application's ``runtime_env`` (or the pods' environment).
     """
-    app_args = args.model_dump(exclude_defaults=True,
-                               exclude={"ingress", "detector", "embedder", "searcher"})
+    app_args = args.model_dump(exclude_defaults=True, exclude=set(ROLES))
     app_args["index_dir"] = args.index_dir
     for role in ROLES:  # thread counts are constructor arguments, not Serve options
         threads = getattr(args, role).threads
@@ -292,7 +308,9 @@ def serve_config_yaml(args: AppArgs, **kwargs) -> str:
         "# running cluster with `serve deploy THIS.yaml`, or paste `applications:` into a KubeRay\n"
         "# RayService's serveConfigV2. Every node needs `facenet-platform` installed and\n"
         "# index_dir reachable (a shared path or an s3:// / gs:// URI).\n"
-        f"# Optional API key: add `runtime_env: {{env_vars: {{{API_KEY_ENV}: ...}}}}` to the\n"
-        "# application (or set it in the pods' environment); it is never written here.\n"
+        "# API keys (required): list sha256 digests of keys under args.auth.read_key_sha256 /\n"
+        "# admin_key_sha256 (`facenet-platform serve-key` makes a key and its digest), or set\n"
+        f"# `runtime_env: {{env_vars: {{{READ_KEY_ENV}: ..., {ADMIN_KEY_ENV}: ...}}}}` on the\n"
+        "# application (or the pods' environment); no key is ever written here.\n"
     )
     return header + yaml.safe_dump(serve_config(args, **kwargs), sort_keys=False)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 from facenet_platform.core.errors import (ConfigError, ImageError, ImageTooLargeError,
                                           NoFaceFoundError)
+from facenet_platform.index.face_ids import FaceIdError
 from facenet_platform.index.gallery import GalleryError, UnknownIdentityError
 
+from .catalog import PhotoIdError
 from .uploads import BadUpload, BodyTooLarge
 
 __all__ = ["ERROR_STATUS", "Failure", "failure_for", "http_status"]
@@ -26,6 +28,8 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (BadUpload, 400, "bad_upload"),
     (ImageError, 400, "bad_image"),
     (NoFaceFoundError, 422, "no_face"),
+    (FaceIdError, 400, "invalid_id"),
+    (PhotoIdError, 400, "invalid_id"),
     (UnknownIdentityError, 404, "unknown_identity"),
     (GalleryError, 503, "gallery_unavailable"),
     (ConfigError, 400, "bad_request"),

@@ -146,9 +146,9 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 def standardize(x: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 crops -> float32 network input with ``core.alignment.STANDARDIZATIONS[mode]``
+    """uint8 crops -> float32 network input with ``core.standardization.STANDARDIZATIONS[mode]``
     (``prewhiten`` per image, ``fixed`` (x - 127.5) / 128), exactly as FaceEmbedder does."""
-    from facenet_platform.core.alignment import STANDARDIZATIONS
+    from facenet_platform.core.standardization import STANDARDIZATIONS
 
     if mode not in STANDARDIZATIONS:
         raise ValueError(f"unknown standardization {mode!r}; choices: {sorted(STANDARDIZATIONS)}")
