@@ -442,7 +442,9 @@ def cmd_wild(args) -> int:
         rows += [("people engine, one stage (CW only)", 0.0, replace(base, merge_distance=None)),
                  ("people engine, one stage (CW only)", base.min_quality,
                   replace(base, merge_distance=None)),
-                 ("people engine, two stages", 0.0, base),
+                 ("people engine, two stages", 0.0, replace(base, seed_quality=0.0)),
+                 ("people engine, two stages, no seed face", base.min_quality,
+                  replace(base, seed_quality=0.0)),
                  ("people engine, two stages (defaults)", base.min_quality, base)]
         for title, floor, opts in rows:
             if opts is None:
@@ -457,6 +459,17 @@ def cmd_wild(args) -> int:
                            f4(s["P"]), f4(s["R"]), f4(s["BP"]), f4(s["BR"]), f4(s["BF"]),
                            f4(ss["BP"]), f4(ss["BF"]), sum("*" in t for t in top),
                            "; ".join(top)]))
+        if args.sweep:
+            print("\nsweep (defaults otherwise): floor x seed_quality\n")
+            print(header(["floor", "seed_quality", "P", "BCubed P", "BCubed F",
+                          "subjects: BCubed F", "junk people in 10 largest"]))
+            for floor, seed in itertools.product(args.floors, args.seed_qualities):
+                labels, _ = run_update(x, q, replace(base, min_quality=floor, seed_quality=seed))
+                s = scores(truth, labels)
+                ss = scores(truth[subj], labels[subj])
+                top = largest_people(labels, truth, role)
+                print(fmt_row([floor, seed, f4(s["P"]), f4(s["BP"]), f4(s["BF"]), f4(ss["BF"]),
+                               sum("*" in t for t in top)]))
         # identification: gallery / probes / impostors as wild_eval.py splits them
         gallery = np.flatnonzero(w["id_split"] == "gallery")
         probes = np.flatnonzero(w["id_split"] == "probe")
@@ -603,11 +616,12 @@ def scale_child(args) -> int:
     # incremental update of the last inc faces into it
     knn = pe.pk.KnnIndex.empty(x.shape[1], approximate)
     counter = itertools.count()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     base = pe.update_assignments(x[:old], q[:old], np.full(old, None, object),
                                  np.zeros(old, bool), {}, opts, lambda: f"p{next(counter)}",
                                  knn_index=knn)
     res["full_s"] = time.perf_counter() - t
+    res["full_cpu_s"] = time.process_time() - c
     res["full_faces"] = old
     res["rss_full_mb"] = _rss_mb()
     labels_pred = person_labels(base)
@@ -616,10 +630,11 @@ def scale_child(args) -> int:
     res["junk_in_people"] = int(np.sum((labels[:old] < 0) & (labels_pred >= 0)))
     person = np.concatenate([base, np.full(inc, None, object)])
     new = np.r_[np.zeros(old, bool), np.ones(inc, bool)]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     out2 = pe.update_assignments(x, q, person, np.zeros(n, bool), {}, opts,
                                  lambda: f"p{next(counter)}", new=new, knn_index=knn)
     res["incremental_s"] = time.perf_counter() - t
+    res["incremental_cpu_s"] = time.process_time() - c
     res["incremental_faces"] = inc
     res["incremental"] = scores(labels, person_labels(out2))
     res["new_faces_named"] = float(np.mean(np.array([v is not None for v in out2[old:]])))
@@ -675,18 +690,21 @@ def cmd_scale(args) -> int:
         rows.append(res)
         print(json.dumps(res), flush=True)
     print()
-    print(header(["faces (full update)", "data", "k-NN", "full update s", "peak RSS MB (full)",
-                  "people", "P", "R", "BCubed P", "BCubed R", "BCubed F", "junk in people",
-                  "then new faces", "incremental s", "ratio full/incr", "BCubed F after",
-                  "peak RSS MB"]))
+    print(header(["faces (full update)", "data", "k-NN", "Ray", "full update s (CPU s)",
+                  "peak RSS MB (full)", "people", "P", "R", "BCubed P", "BCubed R", "BCubed F",
+                  "junk in people", "then new faces", "incremental s (CPU s)",
+                  "ratio full/incr (CPU)", "BCubed F after", "peak RSS MB"]))
     for r in rows:
         f = r["full"]
         print(fmt_row([r["full_faces"], r["data"],
-                       "HNSW" if r["approximate"] else "exact", f"{r['full_s']:.1f}",
+                       "HNSW" if r["approximate"] else "exact", "yes" if args.use_ray else "no",
+                       f"{r['full_s']:.1f} ({r['full_cpu_s']:.1f})",
                        f"{r['rss_full_mb']:.0f}", r["people"], f4(f["P"]), f4(f["R"]),
                        f4(f["BP"]), f4(f["BR"]), f4(f["BF"]), r["junk_in_people"],
-                       r["incremental_faces"], f"{r['incremental_s']:.1f}",
-                       f"{r['full_s'] / max(r['incremental_s'], 1e-9):.1f}",
+                       r["incremental_faces"],
+                       f"{r['incremental_s']:.1f} ({r['incremental_cpu_s']:.1f})",
+                       f"{r['full_s'] / max(r['incremental_s'], 1e-9):.1f} "
+                       f"({r['full_cpu_s'] / max(r['incremental_cpu_s'], 1e-9):.1f})",
                        f4(r["incremental"]["BF"]), f"{r['rss_peak_mb']:.0f}"]))
     return 0
 
@@ -714,6 +732,8 @@ def main() -> int:
     # wild
     ap.add_argument("--wild", nargs="+", default=[str(HERE / "out" / "wild_faces.parquet")],
                     help="wild_eval.py faces tables")
+    ap.add_argument("--sweep", action="store_true", help="wild: floor x seed_quality sweep")
+    ap.add_argument("--seed-qualities", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
     # quality
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     # scale

@@ -285,13 +285,19 @@ def test_ray_sharded_knn_equals_in_process(ray_local, approximate):
     assert not np.any(nb == np.arange(1500)[:, None]) and np.all(np.diff(d, axis=1) >= 0)
 
 
-def test_update_through_ray_equals_in_process(ray_local):
+def test_update_through_ray_equals_in_process(ray_local, monkeypatch):
+    from facenet_platform.index import people_knn as pk
+
     x, labels, _, _ = planted(people=8, per=6)
     n = len(x)
+    calls = []
+    real = pk._search_ray
+    monkeypatch.setattr(pk, "_search_ray", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(pk, "RAY_MIN_QUERIES", 10)     # this small set goes to Ray too
     outs = [pe.update_assignments(x, np.ones(n), none(n), np.zeros(n, bool), {},
                                   pe.PeopleOptions(use_ray=use_ray), ids())
             for use_ray in (False, True)]
-    assert list(outs[0]) == list(outs[1])
+    assert list(outs[0]) == list(outs[1]) and calls
 
 
 def test_merge_groups_joins_a_split_person_and_reads_rows_in_place():
@@ -319,3 +325,19 @@ def test_merge_groups_joins_a_split_person_and_reads_rows_in_place():
     pin[0], pin[6] = 0, 1
     kept = pe.merge_groups(x, tight, graph, 1.0, 1.4, cannot_link=pin)
     assert kept[0] != kept[6]
+
+
+def test_a_new_person_needs_a_seed_face():
+    x, labels, _, _ = planted(people=3, per=5)
+    n = len(x)
+    q = np.ones(n, np.float32)
+    q[labels == 1] = 0.2                   # above the floor, under the seed quality
+    opts = pe.PeopleOptions(min_quality=0.1, seed_quality=0.3)
+    for recluster in (False, True):
+        out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids(),
+                                    recluster=recluster)
+        assert all(v is None for v in out[labels == 1])
+        assert all(v is not None for v in out[labels != 1])
+    q[np.flatnonzero(labels == 1)[0]] = 0.9   # one good face seeds the person
+    out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids())
+    assert len(set(out[labels == 1])) == 1 and out[labels == 1][0] is not None

@@ -14,17 +14,25 @@ only decides. Inputs are arrays over every face of the collection (row ``i`` = f
   ``>= min_quality`` join the person whose template (:func:`person_templates`) is nearest when
   within ``assign_distance`` and not rejected for that person (:func:`identify_against_templates`,
   the same decision ``identify`` makes). The rest are clustered among themselves
-  (:func:`cluster_faces`) into new people of at least ``min_faces`` faces, ids from
-  ``new_person_id()``. Faces under the floor never start or join a person.
+  (:func:`cluster_faces`) into groups; a group whose average linkage to an existing person's
+  good faces is within ``merge_distance`` joins that person, the others become new people of at
+  least ``min_faces`` faces holding at least one face of ``seed_quality`` (ids from
+  ``new_person_id()``). Faces under the floor never start or join a person.
+  With ``new`` (the faces added since the last update) only those are matched and queried;
+  older unassigned faces take part as their neighbours, so the work follows the new faces.
 * with ``recluster``: every face that is not pinned is decided again: the good faces are
-  clustered from scratch (pinned faces take part, and the faces pinned to two different people
-  are never put together); each new cluster that overlaps an existing person takes that person's
-  id (greatest overlap first, one cluster per id, a cluster holding a person's pinned faces takes
-  that person's id), so names survive; the others get new ids. Rejections hold throughout.
+  clustered from scratch (pinned faces take part, and faces pinned to two different people are
+  never put together); each new cluster that overlaps an existing person takes that person's id
+  (greatest overlap first, pinned faces counting double, one cluster per id and one id per
+  cluster), so names survive; the others get new ids; then the faces left over go through the
+  incremental step. Rejections hold throughout; pinned faces never move.
 
-Clustering (:func:`cluster_faces`) runs on a k-NN graph: exact FAISS search up to
-``approximate_above`` faces, HNSW above, its queries sharded over Ray tasks when Ray is running
-(``index/people_knn.py``).
+Clustering (:func:`cluster_graph`) has two stages on a k-NN graph: Chinese whispers
+(``people_clusters``) on edges within ``cluster_distance``, then :func:`merge_groups`,
+average linkage between the groups a k-NN edge joins, up to ``merge_distance``. The graph is
+exact up to ``approximate_above`` faces and HNSW above; its queries are sharded over Ray actors
+for large batches (``index/people_knn.py``). Defaults and the figures that chose them:
+benchmarks/RESULTS.md, "People engine".
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ TEMPLATE_KINDS = ("mean", "centroids")
 #: every face, so exact search costs N^2; on all of LFW (13,233 faces) HNSW gave the very same
 #: people (bench_people.py), and exact was 1.6x faster there, 80 vs 125 s on a loaded machine.
 APPROXIMATE_ABOVE = 20_000
+#: Candidate pairs whose linkage is computed at once (two (PAIR_BLOCK, D) float32 gathers).
+PAIR_BLOCK = 32_768
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class PeopleOptions:
             Also the largest average linkage at which a new group joins an existing person.
         merge_candidates: the longest k-NN edge that makes two groups merge candidates.
         min_faces: smallest new person.
+        seed_quality: a new person needs at least one face of this quality (a group of only
+            middling faces, typically background strangers, stays unassigned).
         neighbors: k of the k-NN graph.
         template: ``"mean"`` (one quality-weighted mean per person) or ``"centroids"``
             (up to ``max_centroids`` k-means centroids for people with varied photos).
@@ -73,8 +85,9 @@ class PeopleOptions:
         approximate: k-NN graph through HNSW (True), exact (False), or automatic (None: exact up
             to ``approximate_above`` faces).
         approximate_above: the automatic switch (faces).
-        use_ray: shard k-NN queries over Ray actors (True), never (False), or when Ray is
-            running and there are many queries (None; ``people_knn.RAY_MIN_QUERIES``).
+        use_ray: shard k-NN queries over Ray actors (True; starts a local Ray when none runs),
+            never (False), or when Ray is already running (None); either way only batches of
+            at least ``people_knn.RAY_MIN_QUERIES`` queries go to Ray.
         seed: random seed of the clustering.
     """
 
@@ -84,6 +97,7 @@ class PeopleOptions:
     merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
+    seed_quality: float = 0.3
     neighbors: int = 16
     template: str = "mean"
     max_centroids: int = 3
@@ -110,6 +124,14 @@ class PeopleOptions:
             raise ConfigError(f"template must be one of {TEMPLATE_KINDS}, got {self.template!r}")
         if self.max_centroids < 1:
             raise ConfigError(f"max_centroids must be >= 1, got {self.max_centroids}")
+
+    def ray_for(self, queries: int) -> bool | None:
+        """Whether ``queries`` k-NN queries go to Ray: never under
+        ``people_knn.RAY_MIN_QUERIES`` (shipping the index to actors costs more than the
+        queries: an incremental update stays in process), else as ``use_ray`` says."""
+        if self.use_ray is False or queries < pk.RAY_MIN_QUERIES:
+            return False
+        return self.use_ray
 
     def use_approximate(self, n: int) -> bool:
         return bool(self.approximate) if self.approximate is not None else n > self.approximate_above
@@ -206,9 +228,9 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
     """Templates of every person from its faces of quality ``>= options.min_quality``.
 
     ``"mean"``: the quality-weighted mean of the person's good faces, re-normalised.
-    ``"centroids"``: people with at least ``4 * max_centroids`` good faces get up to
-    ``max_centroids`` quality-weighted spherical k-means centroids (one per ~4 faces), the others
-    their mean. People without a good face have no template (they attract nobody).
+    ``"centroids"``: people with at least 8 good faces get ``min(max_centroids, faces // 4)``
+    quality-weighted spherical k-means centroids, the others their mean (measured against the
+    mean in bench_people.py: no gain on LFW or the in-the-wild check, so "mean" is the default). People without a good face have no template (they attract nobody).
 
     Returns:
         ``person_ids (P,) object`` (sorted), ``templates (T, D) float32`` unit rows and
@@ -225,7 +247,7 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
     templates = _normalize(_group_means(x, code[good_rows], w, len(ids), rows=good_rows)[has])
     owner = owners.astype(np.int64)
     if options.template == "centroids" and options.max_centroids > 1:
-        many = np.flatnonzero(counts >= 4 * 2)
+        many = np.flatnonzero(counts >= 8)
         if len(many):
             rows = np.flatnonzero(good)
             order = np.argsort(code[rows], kind="stable")
@@ -343,12 +365,12 @@ def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     k = options.neighbors
     if knn is not None:
-        nb, d = pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+        nb, d = pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
         return _local_graph(nb, d, rows, n)
     local = pk.KnnIndex.empty(embeddings.shape[1], options.use_approximate(len(rows)))
     for s in range(0, len(rows), fx.ADD_BATCH):
         local.add(embeddings[rows[s:s + fx.ADD_BATCH]])
-    nb, d = pk.search_rows(local, None, k, use_ray=options.use_ray)
+    nb, d = pk.search_rows(local, None, k, use_ray=options.ray_for(len(rows)))
     return cl.KnnGraph(nb, d)
 
 
@@ -456,8 +478,8 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
         m = _group_means(x, compact[lab[member]], w[member], len(involved),
                          rows=member if rows is None else rows[member])
         dist = np.empty(len(a), np.float32)
-        for s in range(0, len(a), 1 << 20):
-            ma, mb = m[compact[a[s:s + (1 << 20)]]], m[compact[b[s:s + (1 << 20)]]]
+        for s in range(0, len(a), PAIR_BLOCK):
+            ma, mb = m[compact[a[s:s + PAIR_BLOCK]]], m[compact[b[s:s + PAIR_BLOCK]]]
             dist[s:s + len(ma)] = 2.0 - 2.0 * np.einsum("ij,ij->i", ma, mb)
         ok = dist <= merge_distance
         a, b, dist = a[ok], b[ok], dist[ok]
@@ -614,7 +636,8 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     for c in range(n_groups):
         members = nodes[labels == c]
         if joins[c] is None:
-            out[members] = new_person_id()
+            if q[members].max(initial=0.0) >= options.seed_quality:
+                out[members] = new_person_id()
             continue
         pid = joins[c]
         ok = np.array([pid not in rejected.get(int(r), ()) for r in members], bool)
@@ -660,11 +683,12 @@ def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: Peo
         knn = pk.KnnIndex.build(x[pool], options.use_approximate(len(pool)))
 
         def query(rows):
-            nb, d = pk.search_rows(knn, np.searchsorted(pool, rows), k, use_ray=options.use_ray)
+            nb, d = pk.search_rows(knn, np.searchsorted(pool, rows), k,
+                                   use_ray=options.ray_for(len(rows)))
             return np.where(nb >= 0, pool[np.clip(nb, 0, None)], -1), d
     else:
         def query(rows):
-            return pk.search_rows(knn, rows, k, use_ray=options.use_ray)
+            return pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
 
     nb, d = query(rest)
     in_older = np.zeros(n, bool)
@@ -718,8 +742,10 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     cluster_of[good] = labels
     taken = _inherit_ids(cluster_of, old_code, pin)
     for c in range(n_clusters):
-        pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
         members = np.flatnonzero(cluster_of == c)
+        if c not in taken and q[members].max(initial=0.0) < options.seed_quality:
+            continue
+        pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
         members = members[~pin[members]]
         for r in members:
             if pid in rejected.get(int(r), ()):
