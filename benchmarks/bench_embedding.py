@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from facenet_platform.core.alignment import STANDARDIZATIONS  # noqa: E402
+from facenet_platform.core.standardization import STANDARDIZATIONS  # noqa: E402
 from facenet_platform.core.backends import BACKENDS, RunnerOptions, create_runner  # noqa: E402
 from facenet_platform.core.embedding import FrozenGraphEmbedder  # noqa: E402
 from facenet_platform.core.weights import PRETRAINED, load_pretrained_model  # noqa: E402

@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from facenet_platform.core.alignment import FaceAligner, prewhiten, select_central_face  # noqa: E402
+from facenet_platform.core.alignment import FaceAligner, select_central_face  # noqa: E402
+from facenet_platform.core.standardization import prewhiten  # noqa: E402
 from facenet_platform.core.detection import FaceDetector  # noqa: E402
 from facenet_platform.core.embedding import FaceEmbedder, FrozenGraphEmbedder  # noqa: E402
 from facenet_platform.core.images import read_image  # noqa: E402

@@ -6,7 +6,7 @@ Sub-commands (each prints Markdown tables for benchmarks/RESULTS.md):
   (labels only score). Parameters are chosen on the View 1 *DevTrain* people (``--grid``) and
   reported on the *DevTest* people (no person in common) and on all of LFW, for the faces of
   people with >= 2 images and for all faces. Baseline in the same run: ``index cluster``'s
-  default (Chinese whispers at 0.7, ``index/cluster.py``).
+  default (Chinese whispers at 0.7, ``index/people_clusters.py``).
 * ``identify``: open-set identification with person templates (nearest single photo vs mean vs
   centroids, quality floor on/off): share of known probes named correctly when the threshold
   names 1% / 5% of strangers (people not in the gallery), on DevTrain (choice) and DevTest.
@@ -15,6 +15,9 @@ Sub-commands (each prints Markdown tables for benchmarks/RESULTS.md):
 * ``label``: "label the collection": one enrolled (pinned, named) photo per LFW person with >= 5
   images, one ``update_assignments`` over all of LFW; share of those people's other faces named
   correctly, named wrongly, left unnamed; and the faces of everyone else that got a name.
+* ``wild``: helper F's in-the-wild check (``wild_set.py``, ``wild_eval.py``'s faces table):
+  clustering before (today's ``index cluster``) and after quality gating and the two stages;
+  the ten largest people's make-up; identification with templates, floor on and off.
 * ``scale``: synthetic collections shaped like the LFW embeddings (identity-centre and
   within-identity spread fitted to them, LFW-like identity sizes, planted junk faces of low
   quality in random directions) at several sizes; each size in its own subprocess (peak RSS of
@@ -28,6 +31,7 @@ Embeddings: ``benchmarks/lfw_cache.py``'s cache (``--cache``); detections (for q
     .venv/bin/python benchmarks/bench_people.py identify
     .venv/bin/python benchmarks/bench_people.py quality
     .venv/bin/python benchmarks/bench_people.py label
+    .venv/bin/python benchmarks/bench_people.py wild --wild benchmarks/out/wild_faces.parquet
     nice -n 10 .venv/bin/python benchmarks/bench_people.py scale --sizes 100000 1000000
 """
 
@@ -52,7 +56,7 @@ sys.path.insert(0, str(HERE))
 from lfw_cache import DEFAULT_CACHE, lfw_embeddings, select_people  # noqa: E402
 
 from facenet_platform.core.lfw import default_lfw_dir, image_root, read_people  # noqa: E402
-from facenet_platform.index import cluster as cl  # noqa: E402
+from facenet_platform.index import people_clusters as cl  # noqa: E402
 from facenet_platform.index import people_engine as pe  # noqa: E402
 
 
@@ -81,7 +85,7 @@ class Lfw:
         if args.faces_cache and Path(args.faces_cache).is_file():
             from lfw_faces import lfw_faces
 
-            faces = lfw_faces(lfw_dir, list(self.paths), args.faces_cache)
+            faces = lfw_faces(lfw_dir, list(self.paths), Path(args.faces_cache))
             self.quality = faces.quality()
             self.components = faces.components()
             self.found = faces.found
@@ -141,9 +145,10 @@ def cmd_cluster(args) -> int:
     base = pe.PeopleOptions(min_quality=0.0 if args.no_quality else pe.PeopleOptions().min_quality)
     print(f"command: {' '.join(sys.argv)}")
     print(f"quality from detections: {lfw.has_quality}; defaults: {base}")
-    if args.grid:
-        print("\n### Grid on DevTrain (people with >= 2 images), floor off\n")
-        idx = lfw.subset("train", 2)
+    for min_images in (args.grid_sets if args.grid else []):
+        what = "people with >= 2 images" if min_images == 2 else "all faces"
+        print(f"\n### Grid on DevTrain ({what}), floor off\n")
+        idx = lfw.subset("train", min_images)
         x, y = lfw.x[idx], lfw.names[idx]
         q = np.ones(len(idx), np.float32)
         print(header(["cluster_distance", "merge_distance", "k", "P", "R", "BCubed P", "BCubed R",
@@ -155,7 +160,10 @@ def cmd_cluster(args) -> int:
             labels, sec = run_update(x, q, opts)
             s = scores(y, labels)
             print(fmt_row([cd, md if md > 0 else "none", k, f4(s["P"]), f4(s["R"]), f4(s["BP"]),
-                           f4(s["BR"]), f4(s["BF"]), int(labels.max()) + 1, f"{sec:.1f}"]))
+                           f4(s["BR"]), f4(s["BF"]), int(labels.max()) + 1, f"{sec:.1f}"]),
+                  flush=True)
+    if args.grid_only:
+        return 0
     print("\n### Defaults vs index cluster (Chinese whispers 0.7), by split\n")
     print(header(["split", "faces", "method", "floor", "P", "R", "F1", "BCubed P", "BCubed R",
                   "BCubed F", "unassigned", "s"]))
@@ -195,7 +203,10 @@ def open_set(genuine_ok: np.ndarray, genuine_d: np.ndarray, stranger_d: np.ndarr
         thr = 4.0
     else:
         k = int(np.floor(fpir * len(stranger_d)))
-        thr = float(finite[k - 1]) if k >= 1 else float(finite[0]) - 1e-6
+        if k > len(finite):      # fewer strangers get any distance than the share allows
+            thr = 4.0
+        else:
+            thr = float(finite[k - 1]) if k >= 1 else float(finite[0]) - 1e-6
     dir_ = float(np.mean(genuine_ok & (genuine_d <= thr)))
     return dir_, thr
 
@@ -248,7 +259,7 @@ def cmd_identify(args) -> int:
     lfw = Lfw(args)
     floor = pe.PeopleOptions().min_quality
     print(f"command: {' '.join(sys.argv)}")
-    methods = ["nearest photo", "mean", "centroids 2", "centroids 3", "centroids 5"]
+    methods = ["nearest photo", "mean", "centroids 2", "centroids 3"]
     protocols = [("3 photos per person (people with >= 4)", 4, 3),
                  ("half of each person's photos (people with >= 10)", 10, None)]
     for split in ("train", "test"):
@@ -257,8 +268,10 @@ def cmd_identify(args) -> int:
             print(f"\n### {split}: {title}: {len(np.unique(lfw.names[gallery]))} people, "
                   f"gallery {len(gallery)}, genuine probes {len(probes)}, stranger probes "
                   f"{len(strangers)}\n")
+            ad = pe.PeopleOptions().assign_distance
             print(header(["templates", "floor", "named correctly @1% strangers", "threshold",
-                          "@5% strangers", "threshold"]))
+                          "@5% strangers", "threshold", f"at assign_distance {ad}: named correctly",
+                          "strangers named"]))
             floors = [0.0] + ([floor] if lfw.has_quality else [])
             for f in floors:
                 res = identify_methods(lfw, gallery, probes, strangers, f, methods)
@@ -267,7 +280,8 @@ def cmd_identify(args) -> int:
                     _, sd = r["stranger"]
                     d1, t1 = open_set(ok, gd, sd, 0.01)
                     d5, t5 = open_set(ok, gd, sd, 0.05)
-                    print(fmt_row([method, f, f4(d1), f"{t1:.3f}", f4(d5), f"{t5:.3f}"]))
+                    print(fmt_row([method, f, f4(d1), f"{t1:.3f}", f4(d5), f"{t5:.3f}",
+                                   f4(np.mean(ok & (gd <= ad))), f4(np.mean(sd <= ad))]))
     return 0
 
 
@@ -353,6 +367,127 @@ def cmd_label(args) -> int:
                        f4((named & ~correct)[theirs].mean()),
                        f4((~named)[theirs].mean()), int(others.sum()),
                        f4(named[others].mean()), f"{sec:.1f}"]))
+    return 0
+
+
+# =============================================================================================
+# in-the-wild check (helper F's wild_set.py / wild_eval.py faces table)
+# =============================================================================================
+
+def load_wild(path: Path) -> dict[str, np.ndarray]:
+    """``wild_eval.py``'s faces Parquet: embeddings, quality (same function as the index),
+    truth, role, identity, id_split, and today's ``index cluster`` ids."""
+    import pyarrow.parquet as pq
+
+    from facenet_platform.core.quality import quality_components
+
+    t = pq.read_table(path)
+
+    def fixed(name, size):
+        col = t.column(name).combine_chunks()
+        return np.asarray(col.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(-1, size)
+
+    x = fixed("embedding", t.schema.field("embedding").type.list_size)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    comps = quality_components(t.column("score").to_numpy(), fixed("box", 4),
+                               fixed("landmarks", 10), t.column("sharpness").to_numpy())
+    return {"x": x, "quality": comps.score, "components": comps,
+            "truth": np.array(t.column("truth").to_pylist(), object),
+            "role": np.array(t.column("role").to_pylist(), object),
+            "identity": np.array(t.column("identity").to_pylist(), object),
+            "id_split": np.array(t.column("id_split").to_pylist(), object),
+            "cluster_id": t.column("cluster_id").to_numpy()}
+
+
+def largest_people(labels, truth, role, top: int = 10) -> list[str]:
+    """The ``top`` largest people: size, purity (share of the commonest truth label) and the
+    roles of their faces; "junk" (*) when most faces are false detections or no identity makes
+    up half of them (a background face repeated in many photos is a real person)."""
+    out = []
+    ids, counts = np.unique(labels[labels >= 0], return_counts=True)
+    for c in ids[np.argsort(-counts, kind="stable")][:top]:
+        members = labels == c
+        _, tc = np.unique(truth[members].astype(str), return_counts=True)
+        purity = tc.max() / members.sum()
+        roles, rc = np.unique(role[members].astype(str), return_counts=True)
+        bad = rc[roles == "junk"].sum() / members.sum()
+        junk = bad > 0.5 or purity < 0.5
+        out.append(f"{int(members.sum())}{'*' if junk else ''} ({purity:.2f}; "
+                   + ", ".join(f"{r} {n}" for r, n in zip(roles, rc)) + ")")
+    return out
+
+
+def cmd_wild(args) -> int:
+    print(f"command: {' '.join(sys.argv)}")
+    for path in args.wild:
+        w = load_wild(Path(path))
+        x, q, truth, role = w["x"], w["quality"], w["truth"], w["role"]
+        n = len(x)
+        print(f"\n### {path}: {n} detected faces ("
+              + ", ".join(f"{r} {int((role == r).sum())}" for r in ("subject", "stranger",
+                                                                     "background", "junk"))
+              + ")\n")
+        print("quality by role (median; share under the default floor "
+              f"{pe.PeopleOptions().min_quality}):",
+              ", ".join(f"{r} {np.median(q[role == r]):.2f}/"
+                        f"{np.mean(q[role == r] < pe.PeopleOptions().min_quality):.2f}"
+                        for r in ("subject", "stranger", "background", "junk") if (role == r).any()))
+        print()
+        print(header(["method", "floor", "people", "P", "R", "BCubed P", "BCubed R", "BCubed F",
+                      "subjects: BCubed P", "subjects: BCubed F", "junk people in 10 largest",
+                      "10 largest (purity; roles), * = junk"]))
+        subj = role == "subject"
+        rows = [("index cluster (CW 0.7), as built", None, None)]
+        base = pe.PeopleOptions()
+        rows += [("people engine, one stage (CW only)", 0.0, replace(base, merge_distance=None)),
+                 ("people engine, one stage (CW only)", base.min_quality,
+                  replace(base, merge_distance=None)),
+                 ("people engine, two stages", 0.0, base),
+                 ("people engine, two stages (defaults)", base.min_quality, base)]
+        for title, floor, opts in rows:
+            if opts is None:
+                labels = w["cluster_id"].astype(np.int64)
+            else:
+                labels, _ = run_update(x, q if floor > 0 else np.ones(n, np.float32),
+                                       replace(opts, min_quality=floor))
+            s = scores(truth, labels)
+            ss = scores(truth[subj], labels[subj])
+            top = largest_people(labels, truth, role)
+            print(fmt_row([title, "-" if floor is None else floor, int(len(np.unique(labels[labels >= 0]))),
+                           f4(s["P"]), f4(s["R"]), f4(s["BP"]), f4(s["BR"]), f4(s["BF"]),
+                           f4(ss["BP"]), f4(ss["BF"]), sum("*" in t for t in top),
+                           "; ".join(top)]))
+        # identification: gallery / probes / impostors as wild_eval.py splits them
+        gallery = np.flatnonzero(w["id_split"] == "gallery")
+        probes = np.flatnonzero(w["id_split"] == "probe")
+        impostors = np.flatnonzero(w["id_split"] == "impostor")
+        print(f"\nidentification: gallery {len(gallery)} faces of "
+              f"{len(np.unique(w['identity'][gallery]))} people, probes {len(probes)}, "
+              f"impostors (strangers) {len(impostors)}\n")
+        print(header(["templates", "floor", "named correctly @1% impostors", "@5% impostors"]))
+        for floor in (0.0, base.min_quality):
+            qq = q if floor > 0 else np.ones(n, np.float32)
+            for method in ("nearest photo", "mean", "centroids 3"):
+                person = w["identity"][gallery].astype(object)
+                if method == "nearest photo":
+                    keep = qq[gallery] >= floor
+                    ids, owner = np.unique(person[keep], return_inverse=True)
+                    templates = x[gallery][keep]
+                else:
+                    kind, _, c = method.partition(" ")
+                    ids, templates, owner = pe.person_templates(
+                        x[gallery], qq[gallery], person,
+                        replace(base, min_quality=floor, template=kind,
+                                max_centroids=int(c) if c else 3))
+                res = {}
+                for what, rws in (("genuine", probes), ("stranger", impostors)):
+                    m = pe.identify_against_templates(x[rws], ids, templates, owner, 4.0,
+                                                      quality=qq[rws], min_quality=floor)
+                    d = np.where(m.reason == "low_quality", np.inf, m.distance)
+                    res[what] = (m.person.astype(object) == w["identity"][rws].astype(object), d)
+                d1, _ = open_set(res["genuine"][0], res["genuine"][1], res["stranger"][1], 0.01)
+                d5, _ = open_set(res["genuine"][0], res["genuine"][1], res["stranger"][1], 0.05)
+                print(fmt_row([method, floor, f4(d1), f4(d5)]))
     return 0
 
 
@@ -464,27 +599,21 @@ def scale_child(args) -> int:
     approximate = opts.use_approximate(n)
     res["approximate"] = approximate
 
-    # full update over all n faces
-    knn = None
-    counter = itertools.count()
-    t = time.perf_counter()
-    out = pe.update_assignments(x, q, np.full(n, None, object), np.zeros(n, bool), {}, opts,
-                                lambda: f"p{next(counter)}")
-    res["full_s"] = time.perf_counter() - t
-    res["rss_full_mb"] = _rss_mb()
-    labels_pred = person_labels(out)
-    res["full"] = scores(labels, labels_pred)
-    res["people"] = int(labels_pred.max()) + 1
-    res["junk_in_people"] = int(np.sum((labels < 0) & (labels_pred >= 0)))
-
-    # incremental: the first n - inc faces updated (keeping a k-NN index), then inc new faces
+    # full update of the first n - inc faces (keeping a k-NN index over them), then an
+    # incremental update of the last inc faces into it
     knn = pe.pk.KnnIndex.empty(x.shape[1], approximate)
     counter = itertools.count()
     t = time.perf_counter()
     base = pe.update_assignments(x[:old], q[:old], np.full(old, None, object),
                                  np.zeros(old, bool), {}, opts, lambda: f"p{next(counter)}",
                                  knn_index=knn)
-    res["base_s"] = time.perf_counter() - t
+    res["full_s"] = time.perf_counter() - t
+    res["full_faces"] = old
+    res["rss_full_mb"] = _rss_mb()
+    labels_pred = person_labels(base)
+    res["full"] = scores(labels[:old], labels_pred)
+    res["people"] = int(labels_pred.max()) + 1
+    res["junk_in_people"] = int(np.sum((labels[:old] < 0) & (labels_pred >= 0)))
     person = np.concatenate([base, np.full(inc, None, object)])
     new = np.r_[np.zeros(old, bool), np.ones(inc, bool)]
     t = time.perf_counter()
@@ -493,6 +622,7 @@ def scale_child(args) -> int:
     res["incremental_s"] = time.perf_counter() - t
     res["incremental_faces"] = inc
     res["incremental"] = scores(labels, person_labels(out2))
+    res["new_faces_named"] = float(np.mean(np.array([v is not None for v in out2[old:]])))
     res["rss_peak_mb"] = _rss_mb()
     print("RESULT " + json.dumps(res))
     return 0
@@ -545,13 +675,13 @@ def cmd_scale(args) -> int:
         rows.append(res)
         print(json.dumps(res), flush=True)
     print()
-    print(header(["faces", "data", "k-NN", "full update s", "peak RSS MB (full)", "people",
-                  "P", "R", "BCubed P", "BCubed R", "BCubed F", "junk in people",
-                  "incremental", "incremental s", "ratio full/incr", "incr BCubed F",
+    print(header(["faces (full update)", "data", "k-NN", "full update s", "peak RSS MB (full)",
+                  "people", "P", "R", "BCubed P", "BCubed R", "BCubed F", "junk in people",
+                  "then new faces", "incremental s", "ratio full/incr", "BCubed F after",
                   "peak RSS MB"]))
     for r in rows:
         f = r["full"]
-        print(fmt_row([r.get("n", r["size"]) if r["size"] else 13233, r["data"],
+        print(fmt_row([r["full_faces"], r["data"],
                        "HNSW" if r["approximate"] else "exact", f"{r['full_s']:.1f}",
                        f"{r['rss_full_mb']:.0f}", r["people"], f4(f["P"]), f4(f["R"]),
                        f4(f["BP"]), f4(f["BR"]), f4(f["BF"]), r["junk_in_people"],
@@ -565,8 +695,8 @@ def cmd_scale(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["cluster", "identify", "quality", "label", "scale",
-                                        "scale-child"])
+    ap.add_argument("command", choices=["cluster", "identify", "quality", "label", "wild",
+                                        "scale", "scale-child"])
     ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--faces-cache", type=str, default=str(HERE / "out" / "lfw_faces.npz"))
@@ -574,10 +704,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     # cluster
     ap.add_argument("--grid", action="store_true")
+    ap.add_argument("--grid-sets", type=int, nargs="+", default=[2, 1],
+                    help="grid on DevTrain: 2 = people with >= 2 images, 1 = all faces")
+    ap.add_argument("--grid-only", action="store_true")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--cluster-distances", type=float, nargs="+", default=[0.6, 0.7, 0.8])
     ap.add_argument("--merge-distances", type=float, nargs="+", default=[0, 0.9, 1.0, 1.1])
     ap.add_argument("--neighbors", type=int, nargs="+", default=[16])
+    # wild
+    ap.add_argument("--wild", nargs="+", default=[str(HERE / "out" / "wild_faces.parquet")],
+                    help="wild_eval.py faces tables")
     # quality
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
     # scale
@@ -594,7 +730,7 @@ def main() -> int:
 
     faiss.omp_set_num_threads(args.threads)
     return {"cluster": cmd_cluster, "identify": cmd_identify, "quality": cmd_quality,
-            "label": cmd_label, "scale": cmd_scale, "scale-child": scale_child}[args.command](args)
+            "label": cmd_label, "wild": cmd_wild, "scale": cmd_scale, "scale-child": scale_child}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import numpy as np
 
 from lfw_cache import DEFAULT_CACHE, lfw_embeddings
 from facenet_platform.core.lfw import default_lfw_dir, list_identities, read_people
-from facenet_platform.core.weights import DATA_DIR, PRETRAINED
+from facenet_platform.core.weights import DATA_DIR, EMBEDDING_MEAN_FILE
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--lfw-dir", type=Path, default=default_lfw_dir())
     ap.add_argument("--people", type=Path, default=None, help="default: LFW_DIR/peopleDevTrain.txt")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--out", type=Path, default=DATA_DIR / PRETRAINED.embedding_mean_file)
+    ap.add_argument("--out", type=Path, default=DATA_DIR / EMBEDDING_MEAN_FILE)
     ap.add_argument("--check", action="store_true", help="compare with --out instead of writing")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")

@@ -49,9 +49,10 @@ def pipeline_config() -> str:
 
     from facenet_platform.core.weights import PRETRAINED
 
+    margin = PRETRAINED.margin  # 32 as the caches written before the spec stored it (not 32.0)
     return json.dumps({"model_id": PRETRAINED.model_id, "alignment": PRETRAINED.alignment,
-                       "margin": PRETRAINED.margin,
-                       "standardization": getattr(PRETRAINED, "standardization", "prewhiten"),
+                       "margin": int(margin) if float(margin).is_integer() else margin,
+                       "standardization": PRETRAINED.standardization,
                        "face": "central, centre crop when none"}, sort_keys=True)
 
 

@@ -4,6 +4,11 @@ Each command group lives next to the code it drives and registers itself here th
 ``register(subparsers)`` function; this module only parses, sets up logging, and turns the
 package's errors into one line on stderr and a non-zero exit.
 
+Commands that run a model in this process set ``needs_model=True`` in their parser defaults; only
+those start TensorFlow. The parser itself and every other command (``--help``, ``index cluster``,
+``index build``, ``serve``, ...) import neither TensorFlow nor Ray nor FAISS until their handler
+needs them: command modules import their heavy dependencies inside the handlers.
+
 Exit codes: 0 success, 1 an error the user can fix (bad input, no face, missing file),
 2 a usage error (argparse).
 """
@@ -47,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: int) -> None:
+def configure_logging(verbose: int) -> None:
+    """Log level from the count of ``-v`` (0 warning, 1 info, 2+ debug); below 2 the start-up
+    noise of TensorFlow and other libraries stays hidden."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose >= 2:
@@ -63,12 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    # Commands that never run a model (people decisions, lists) set needs_tensorflow=False.
-    if args.verbose < 2 and getattr(args, "needs_tensorflow", True):
+    configure_logging(args.verbose)
+    if getattr(args, "needs_model", False) and args.verbose < 2:
+        # Only commands that run a model in this process start TensorFlow (quietly: its C++
+        # start-up lines; -vv keeps them). The others never import it.
         from .core.tensorflow_setup import start_tensorflow
 
-        start_tensorflow(quiet=True)  # TensorFlow's C++ start-up lines; -vv keeps them
+        start_tensorflow(quiet=True)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return int(handler(args) or 0)

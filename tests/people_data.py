@@ -112,6 +112,8 @@ def commit_photos(index_dir, photos: list[Photo], *, removed: list[Photo] = ()) 
         pa.array([250.0 if p.good[i] else 5.0 for p, i in rows], pa.float32()),
         pa.array(np.full(n, now, np.int64), pa.int64()).cast(schema.field("indexed_at").type),
         pa.array([run_id] * n, pa.string()),
+        # the media columns (issue 13): still photos, no decoder details, no XMP name
+        *(pa.nulls(n, f.type) for f in list(schema)[13:]),
     ], schema=schema)
     file_rows = [{"path": p.path, "content_hash": p.content_hash, "size": 1000, "mtime_ns": 1,
                   "status": "indexed", "faces": len(p.identities), "image_width": 640,

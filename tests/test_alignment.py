@@ -1,4 +1,4 @@
-"""Alignment: face selection, margin crop maths, similarity alignment, prewhiten."""
+"""Alignment: face selection, margin crop maths, similarity alignment; prewhiten (standardization)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from facenet_platform.core.alignment import (
     _umeyama,
     crop_similarity,
     crop_with_margin,
-    prewhiten,
     select_central_face,
     similarity_template,
 )
 from facenet_platform.core.detection import Detections, FaceDetector
 from facenet_platform.core.errors import ConfigError, ImageError, NoFaceFoundError
+from facenet_platform.core.standardization import prewhiten
 
 pytest.importorskip("skimage.data")  # the `astronaut` fixture of conftest.py
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import lfw_available, lfw_dir
 from facenet_platform.core import backends
-from facenet_platform.core.alignment import prewhiten
+from facenet_platform.core.standardization import prewhiten
 from facenet_platform.core.backends import BACKENDS, RunnerOptions, create_runner
 from facenet_platform.core.errors import ConfigError
 from facenet_platform.core.weights import CACHE_ENV, PRETRAINED

@@ -122,7 +122,7 @@ def test_train_job_spans_both_nodes(cluster, tmp_path):
 # index build job
 
 
-def _images(tmp_path: Path, n: int = 24) -> list[str]:
+def cluster_photos(tmp_path: Path, n: int = 24) -> list[str]:
     from conftest import lfw_available, lfw_dir
 
     return sample_images(n, tmp_path / "photos", lfw_dir() if lfw_available() else None)[0]
@@ -131,7 +131,7 @@ def _images(tmp_path: Path, n: int = 24) -> list[str]:
 def test_index_build_job_spans_both_nodes(cluster, tmp_path):
     from facenet_platform.index.collection import read_faces, read_files
 
-    images = _images(tmp_path)
+    images = cluster_photos(tmp_path)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(images) + "\n")
     index = tmp_path / "index"

@@ -125,7 +125,8 @@ def test_dockerfiles_install_the_package_and_bake_the_weights():
     for info in (cpu, gpu):
         assert info["base"].split(":")[1].startswith(ray.__version__)  # image Ray == our Ray
         text = info["text"]
-        assert re.search(r"pip install [^\n]*\s\.(\s|$)", text), "installs the package: pip install ."
+        assert re.search(r'pip install [^\n]*\s"\.\[media\]"(\s|$)', text), \
+            "installs the package with its media decoders: pip install \".[media]\""
         assert "facenet-platform weights" in text  # converted at build time
         assert cpu["cache"] == info["cache"]
         for src in ("pyproject.toml", "platform", "configs"):

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "cluster"))
 from facenet_platform.index.faults import FAULTS_ENV  # noqa: E402
 from local_cluster import LocalCluster  # noqa: E402
 from local_cluster import last_json  # noqa: E402
-from test_cluster_local import _images, cluster_env, run_job  # noqa: E402
+from test_cluster_local import cluster_env, cluster_photos, run_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,7 @@ def index_rows(index: Path) -> tuple[dict, dict]:
 def test_killed_worker_node_build_completes_with_the_clean_faces(cluster, tmp_path):
     from ray.job_submission import JobStatus
 
-    images = _images(tmp_path, N_IMAGES)
+    images = cluster_photos(tmp_path, N_IMAGES)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(images) + "\n")
 

@@ -18,6 +18,7 @@ from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
 from facenet_platform.index import faiss_index as fx
 from facenet_platform.index.gallery import Gallery, GalleryError, Match, UnknownIdentityError
 from facenet_platform.index.layout import IndexLayout, read_manifest
+from facenet_platform.index.people_engine import PeopleOptions
 
 D = 512
 
@@ -263,10 +264,12 @@ def test_identified_face_dict_shape():
                           np.arange(10, dtype=np.float32).reshape(5, 2),
                           0.987654321, "Ada", [Match("Ada", 0.5), Match("Bob", 1.5)], 1.1)
     d = face.to_dict()
-    assert list(d) == ["box", "score", "landmarks", "decision", "matches"]
+    assert list(d) == ["box", "score", "landmarks", "decision", "matches", "person", "quality",
+                       "reason"]
     assert d["box"] == [1.0, 2.0, 3.0, 4.0] and d["score"] == 0.98765
     assert d["landmarks"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, 9.0]]
-    assert d["matches"] == [{"name": "Ada", "distance": 0.5}, {"name": "Bob", "distance": 1.5}]
+    assert d["matches"] == [{"name": "Ada", "distance": 0.5, "person": None},
+                            {"name": "Bob", "distance": 1.5, "person": None}]
     json.dumps(d)
     assert decide([Match("Ada", 1.1)], 1.1) == "Ada"
     assert decide([Match("Ada", 1.1001)], 1.1) == "unknown"
@@ -343,7 +346,7 @@ def test_enroll_skips_bad_and_faceless_files(cli, tmp_path, pipeline):
     gallery = Gallery.load(tmp_path / "idx")
     assert gallery.identities() == {"astronaut": 2}
     assert gallery.model_id == pipeline.embedder.model_id
-    assert gallery.pipeline["standardization"] == pipeline.embedder.standardization
+    assert gallery.spec == pipeline.spec and gallery.flip == "none"
     # enrolling again adds nothing (same photos)
     code, out, _ = cli("index", "enroll", gallery_dir, "--index", tmp_path / "idx")
     assert "enrolled 0 faces" in out and "2 photos already enrolled" in out
@@ -375,13 +378,17 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
     for image in result:
         assert set(image) == {"path", "faces"} and len(image["faces"]) >= 1
         for face in image["faces"]:
-            assert list(face) == ["box", "score", "landmarks", "decision", "matches"]
+            assert list(face) == ["box", "score", "landmarks", "decision", "matches", "person",
+                                  "quality", "reason"]
             assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
             assert 1 <= len(face["matches"]) <= 2
             assert [m["distance"] for m in face["matches"]] == sorted(m["distance"] for m in face["matches"])
+    # the enrolled identities are the named people: their templates, the people's distance
     assert result[0]["faces"][0]["decision"] == "Serena_Williams"
-    assert result[0]["faces"][0]["matches"][0]["distance"] <= PRETRAINED.identify_threshold
+    assert result[0]["faces"][0]["reason"] == "match" and result[0]["faces"][0]["quality"] > 0.5
+    assert result[0]["faces"][0]["matches"][0]["distance"] <= PeopleOptions().assign_distance
     assert result[1]["faces"][0]["decision"] == "unknown"
+    assert result[1]["faces"][0]["reason"] == "too_far"
 
     code, out, _ = cli("identify", held_out, "--index", tmp_path / "idx")
     assert code == 0 and "->  Serena_Williams" in out and "face 0" in out
@@ -399,7 +406,7 @@ def test_enroll_and_identify_lfw_people(cli, tmp_path, lfw_root, pipeline):
 
 
 def test_identify_faces_library(tmp_path, pipeline, astronaut):
-    from facenet_platform.index.identify import describe_pipeline, identify_faces
+    from facenet_platform.index.identify import identify_faces
 
     emb, _ = pipeline.central_faces([astronaut])
     gallery = Gallery.create(tmp_path / "idx")
@@ -415,14 +422,23 @@ def test_identify_faces_library(tmp_path, pipeline, astronaut):
     with pytest.raises(GalleryError, match="another-model"):
         identify_faces(pipeline, other, [astronaut])
     # same model, other crop standardization: another embedding space
-    settings = {**describe_pipeline(pipeline), "standardization": "some-other"}
-    stale = Gallery.create(tmp_path / "stale", pipeline=settings)
+    stale = Gallery.create(tmp_path / "stale",
+                           spec=pipeline.spec.replace(standardization="prewhiten"))
     with pytest.raises(GalleryError, match="standardization"):
         identify_faces(pipeline, stale, [astronaut])
-    same = Gallery.create(tmp_path / "same", pipeline=describe_pipeline(pipeline))
+    # the same from a manifest written before the spec was recorded
+    legacy = Gallery.create(tmp_path / "legacy", legacy_pipeline={
+        "model_id": pipeline.embedder.model_id, "standardization": "prewhiten",
+        "alignment": "margin", "margin": 32.0, "image_size": 160, "flip": "none"})
+    with pytest.raises(GalleryError, match="standardization"):
+        identify_faces(pipeline, legacy, [astronaut])
+    other_crop = Gallery.create(tmp_path / "crop", spec=pipeline.spec.with_crop(margin=44))
+    with pytest.raises(GalleryError, match="margin"):
+        identify_faces(pipeline, other_crop, [astronaut])
+    same = Gallery.create(tmp_path / "same", spec=pipeline.spec, flip="none")
     same.add("astronaut", emb)
     same.save()
-    assert Gallery.load(tmp_path / "same").pipeline == describe_pipeline(pipeline)
+    assert Gallery.load(tmp_path / "same").spec == pipeline.spec
     assert identify_faces(pipeline, Gallery.load(tmp_path / "same"), [astronaut])[0][0].known
     assert isinstance(GalleryError("x"), FaceNetPlatformError)
 
@@ -463,16 +479,38 @@ class FakePipeline:
         from types import SimpleNamespace
 
         self.embedding = np.asarray(embedding, np.float32)
-        self.embedder = SimpleNamespace(model_id=PRETRAINED.model_id, embedding_size=D)
-        self.aligner = SimpleNamespace()
+        self.spec = PRETRAINED.replace(embedding_size=D)
+        self.embedder = SimpleNamespace(model_id=PRETRAINED.model_id, embedding_size=D,
+                                        flip="none", spec=self.spec)
         self.threshold = PRETRAINED.threshold
+
+    @staticmethod
+    def aligner(image, detections):
+        """Sharp (noisy) 160 px crops, one per detection."""
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (len(detections), 160, 160, 3), dtype=np.uint8)
 
     def __call__(self, images):
         from types import SimpleNamespace
 
-        return [[SimpleNamespace(index=0, box=np.array([1, 2, 30, 40], np.float32),
-                                 landmarks=np.zeros((5, 2), np.float32), score=0.99,
+        # a large, frontal, confidently detected face: well above the people's quality floor
+        landmarks = np.array([[35, 55], [75, 55], [55, 75], [40, 95], [70, 95]], np.float32)
+        return [[SimpleNamespace(index=0, box=np.array([5, 10, 105, 130], np.float32),
+                                 landmarks=landmarks, score=0.999,
                                  embedding=self.embedding)] for _ in images]
+
+
+def template_of(faces: np.ndarray) -> np.ndarray:
+    """The people's matching template of these faces (identify compares with it)."""
+    from facenet_platform.index.people_engine import person_templates
+
+    _, templates, _ = person_templates(faces, np.ones(len(faces), np.float32),
+                                       np.full(len(faces), "x", object), PeopleOptions())
+    return templates[0]
+
+
+#: identify's default threshold: the people's assign distance (what people update decides with)
+ASSIGN = PeopleOptions().assign_distance
 
 
 def test_pretrained_identify_threshold_is_stricter_than_verification():
@@ -577,15 +615,19 @@ def test_identify_decides_with_the_identification_threshold(tmp_path, people):
 def test_identify_cli_default_threshold_and_override(cli, tmp_path, people):
     _, faces = people
     make_gallery(tmp_path / "idx", people).save()
-    distance = (PRETRAINED.identify_threshold + PRETRAINED.threshold) / 2
-    cli.use_pipeline(FakePipeline(at_distance(faces["person_05"][1], distance)))
+    # the enrolled identities are people: a face between the people's assign distance and the
+    # verification threshold from person_05's template is unknown by default
+    distance = (ASSIGN + PRETRAINED.threshold) / 2
+    cli.use_pipeline(FakePipeline(at_distance(template_of(faces["person_05"]), distance)))
     photo = write_good_image(tmp_path / "face.jpg")
     code, out, err = cli("identify", photo, "--index", tmp_path / "idx", "--json")
     assert code == 0, err
-    assert json.loads(out)[0]["faces"][0]["decision"] == "unknown"
+    face = json.loads(out)[0]["faces"][0]
+    assert face["decision"] == "unknown" and face["reason"] == "too_far"
+    assert face["matches"][0]["distance"] == pytest.approx(distance, abs=1e-4)
     code, out, _ = cli("identify", photo, "--index", tmp_path / "idx")
     assert code == 0 and "->  unknown" in out
-    assert f"threshold {PRETRAINED.identify_threshold:g})" in out
+    assert f"threshold {ASSIGN:g})" in out
     code, out, _ = cli("identify", photo, "--index", tmp_path / "idx", "--threshold",
                        str(PRETRAINED.threshold))
     assert code == 0 and "->  person_05" in out and f"threshold {PRETRAINED.threshold:g})" in out
@@ -596,12 +638,12 @@ def test_bulk_searcher_uses_the_identification_threshold(tmp_path, people):
 
     _, faces = people
     make_gallery(tmp_path / "idx", people).save()
-    distance = (PRETRAINED.identify_threshold + PRETRAINED.threshold) / 2
-    near_face = at_distance(faces["person_01"][0], distance)
+    distance = (ASSIGN + PRETRAINED.threshold) / 2
+    near_face = at_distance(template_of(faces["person_01"]), distance)
     batch = {"path": np.array(["a.jpg", "b.jpg"], object), "face_index": np.array([0, 0]),
              "embedding": np.stack([faces["person_01"][0], near_face])}
     default = GallerySearcher(str(tmp_path / "idx"), top_k=1)
-    assert default.threshold == PRETRAINED.identify_threshold
+    assert default.threshold == ASSIGN
     out = default(batch)
     assert list(out["name"]) == ["person_01", "person_01"]
     assert list(out["is_match"]) == [True, False]

@@ -124,8 +124,14 @@ def test_is_image_path(name: str, expected: bool) -> None:
 
 
 def test_image_extensions_are_lowercase_with_dot() -> None:
+    from facenet_platform.core.images import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS
+
     assert isinstance(IMAGE_EXTENSIONS, frozenset)
-    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".avif",
+            ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf"} <= IMAGE_EXTENSIONS
+    assert not IMAGE_EXTENSIONS & VIDEO_EXTENSIONS
+    assert MEDIA_EXTENSIONS == IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    assert all(e.startswith(".") and e == e.lower() for e in MEDIA_EXTENSIONS)
 
 
 def test_max_pixels_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -294,6 +294,16 @@ def test_check_reachable_fails_fast():
         check_reachable("nonsense")
 
 
+def test_address_comes_from_the_option_then_ray_address(monkeypatch):
+    from facenet_platform.ray_connection import resolve_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert resolve_address(None) == "10.0.0.1:6379"
+    assert resolve_address("auto") == "auto"
+
+
 def test_cli_usage_and_missing_source(tmp_path, capsys):
     from facenet_platform.cli import main
 
@@ -322,14 +332,17 @@ def test_stages_on_batches(photos, weights_cache):
     assert decoded["stage"][1] == "decode" and "truncated" in decoded["reason"][1]
     assert len(decoded["content_hash"][0]) == 64
 
-    detected = DetectAlign(num_threads=1)(decoded)
+    from facenet_platform.core.weights import PRETRAINED
+
+    spec = PRETRAINED.to_metadata()  # what the build hands every actor
+    detected = DetectAlign(spec=spec, num_threads=1)(decoded)
     status = list(detected["status"])
     assert status.count("failed") == 1 and status.count("no_face") == 1 and "face" in status
     faces = np.flatnonzero(detected["status"] == "face")
     assert detected["crop"].shape[1:] == (160, 160, 3)
     assert (detected["score"][faces] > 0.9).all() and (detected["sharpness"][faces] > 0).all()
 
-    embedded = Embed(batch_size=4, num_threads=1)(detected)
+    embedded = Embed(spec=spec, batch_size=4, num_threads=1)(detected)
     assert "crop" not in embedded and embedded["embedding"].shape == (len(status), 512)
     norms = np.linalg.norm(embedded["embedding"][faces], axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)
@@ -505,7 +518,10 @@ def test_search_against_the_gallery(built, ray_cluster, tmp_path):
     from facenet_platform.index.gallery import Gallery
     from facenet_platform.index.search import SearchOptions, search_index
 
-    index, summary = built
+    built_index, summary = built
+    # a copy without the people other tests' `index build` runs made: one enrolled identity
+    index = tmp_path / "index"
+    shutil.copytree(built_index, index, ignore=shutil.ignore_patterns("people"))
     faces = read_faces(index).sort_by("path")
     emb = np.stack(faces.column("embedding").to_numpy(zero_copy_only=False))
     gallery = Gallery.open(str(index))
@@ -522,16 +538,19 @@ def test_search_against_the_gallery(built, ray_cluster, tmp_path):
     own = matches[matches["path"] == faces.column("path")[0].as_py()]
     assert own["distance"].min() < 1e-3 and own["is_match"].any()
     assert result.matched == int(matches["is_match"].sum()) >= 1
-    # is_match used the gallery's identification threshold, recorded in the file
-    from facenet_platform.core.weights import PRETRAINED
+    # is_match is identify's decision: the people's assign distance (recorded in the file), for
+    # faces at or above the quality floor
+    from facenet_platform.index.people_engine import PeopleOptions
 
-    assert result.threshold == PRETRAINED.identify_threshold
-    assert pq.read_schema(out).metadata[b"threshold"] == str(PRETRAINED.identify_threshold).encode()
-    assert (matches["is_match"] == (matches["distance"] <= PRETRAINED.identify_threshold)).all()
-    # an explicit threshold overrides it: 4 accepts every match
+    assign, floor = PeopleOptions().assign_distance, PeopleOptions().min_quality
+    assert result.threshold == assign
+    assert pq.read_schema(out).metadata[b"threshold"] == str(assign).encode()
+    good = ~(matches["quality"] < floor)
+    assert (matches["is_match"] == ((matches["distance"] <= assign) & good)).all()
+    # an explicit threshold overrides it: 4 accepts every good face
     lenient = search_index(index, output=tmp_path / "all.parquet",
                            options=SearchOptions(top_k=3, threshold=4.0, progress=False))
-    assert lenient.threshold == 4.0 and lenient.matched == lenient.faces
+    assert lenient.threshold == 4.0 and lenient.matched == int(good.sum())
 
 
 # --------------------------------------------------------------------------------------------

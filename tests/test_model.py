@@ -102,7 +102,7 @@ def test_missing_source_package_is_an_actionable_error(monkeypatch):
 
 
 def _parity(model, crops: np.ndarray) -> np.ndarray:
-    from facenet_platform.core.alignment import prewhiten
+    from facenet_platform.core.standardization import prewhiten
     from facenet_platform.core.embedding import FaceEmbedder, FrozenGraphEmbedder
 
     x = prewhiten(crops)

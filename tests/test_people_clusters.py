@@ -144,14 +144,20 @@ def faces_table(paths, embeddings, start=0):
     })
 
 
-@pytest.fixture()
-def collection(tmp_path):
+def write_collection(tmp_path):
+    """An index directory holding only a faces table of 5 planted people (one photo file):
+    ``(index_dir, x, y, centres, photo)``."""
     x, y, centres = planted(n_people=5, seed=11)
     photo = write_good_image(tmp_path / "photo.jpg")
     index_dir = tmp_path / "idx"
     (index_dir / "faces").mkdir(parents=True)
     pq.write_table(faces_table([photo] * len(x), x), index_dir / "faces" / "part-00000.parquet")
     return index_dir, x, y, centres, photo
+
+
+@pytest.fixture()
+def collection(tmp_path):
+    return write_collection(tmp_path)
 
 
 def read_clusters(index_dir):
@@ -224,6 +230,13 @@ def test_cluster_cli(collection, capsys):
     code = main(["index", "cluster", "--index", str(index_dir), "--no-sheets"])
     out, _ = capsys.readouterr()
     assert code == 0 and "incremental clustering" in out and "5 clusters" in out
+
+
+def test_cli_defaults_name_the_registered_clusterers():
+    from facenet_platform.index import people_cluster_defaults
+
+    assert set(people_cluster_defaults.ALGORITHMS) == set(cl.CLUSTERERS)
+    assert cl.DEFAULT_ALGORITHM in cl.CLUSTERERS
 
 
 def test_cluster_cli_errors(tmp_path, capsys):

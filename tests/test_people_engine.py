@@ -292,3 +292,30 @@ def test_update_through_ray_equals_in_process(ray_local):
                                   pe.PeopleOptions(use_ray=use_ray), ids())
             for use_ray in (False, True)]
     assert list(outs[0]) == list(outs[1])
+
+
+def test_merge_groups_joins_a_split_person_and_reads_rows_in_place():
+    from facenet_platform.index import people_clusters as cl
+
+    rng = np.random.default_rng(5)
+    # identity 0 has two looks whose faces link only loosely; identity 1 is far away
+    c = unit(rng.normal(size=(2, D)))
+    look = unit(c[0] + unit(rng.normal(size=D)) * 0.5)
+    x = unit(np.concatenate([np.repeat(c[:1], 6, 0), np.repeat(look[None], 6, 0),
+                             np.repeat(c[1:], 6, 0)]) + rng.normal(size=(18, D)) * 0.02)
+    truth = np.repeat([0, 0, 1], 6)
+    graph = cl.knn_graph(x, 8)
+    tight = cl.CLUSTERERS["chinese-whispers"](graph, 0.5, 2, 0)
+    assert len(np.unique(tight[:12])) == 2          # stage 1 alone keeps the looks apart
+    merged = pe.merge_groups(x, tight, graph, 1.0, 1.4)
+    assert len(np.unique(merged[:12])) == 1 and merged[12] != merged[0]
+    assert len(np.unique(merged[12:])) == 1 and list(np.unique(truth[merged == merged[0]])) == [0]
+    # the same nodes read through `rows` from a bigger matrix give the same labels
+    big = np.concatenate([unit(rng.normal(size=(5, D))), x])
+    via_rows = pe.merge_groups(big, tight, graph, 1.0, 1.4, rows=np.arange(5, 23))
+    assert np.array_equal(via_rows, merged)
+    # faces pinned to two people never merge
+    pin = np.full(18, -1)
+    pin[0], pin[6] = 0, 1
+    kept = pe.merge_groups(x, tight, graph, 1.0, 1.4, cannot_link=pin)
+    assert kept[0] != kept[6]

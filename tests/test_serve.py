@@ -29,9 +29,13 @@ import numpy as np
 import pytest
 
 from facenet_platform.core.weights import PRETRAINED
+from facenet_platform.index.people_engine import PeopleOptions
 
 from bad_inputs import DECODABLE, UNREADABLE, write_bad_inputs
 from conftest import lfw_available, lfw_dir
+
+#: identify's threshold: the people's assign distance (people update decides with it too)
+ASSIGN = PeopleOptions().assign_distance
 
 ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
@@ -294,12 +298,14 @@ def test_identify_held_out_photo_and_stranger(service, lfw_gallery):
     held_out = identify(service, lfw_photo("Serena_Williams", 5).read_bytes(), top_k=2)
     assert held_out["gallery_version"] >= lfw_gallery  # the searchers reloaded
     face = held_out["faces"][0]
-    assert list(face) == ["box", "score", "landmarks", "decision", "matches"]
+    assert list(face) == ["box", "score", "landmarks", "decision", "matches", "person",
+                          "quality", "reason"]
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0.9 < face["score"] <= 1
     assert face["decision"] == "Serena_Williams"
     assert len(face["matches"]) == 2
     # identify decides with the identification threshold (verify keeps the 1:1 one)
-    assert face["matches"][0]["distance"] <= held_out["threshold"] == PRETRAINED.identify_threshold
+    assert face["matches"][0]["distance"] <= held_out["threshold"] == ASSIGN
+    assert face["reason"] == "match" and face["quality"] > 0.5
     assert face["matches"][0]["distance"] <= face["matches"][1]["distance"]
 
     stranger = identify(service, lfw_photo("Aaron_Eckhart", 1).read_bytes())
@@ -356,7 +362,7 @@ def test_photo_without_a_face_is_an_empty_list(service):
     blank = np.full((200, 300, 3), (120, 160, 200), np.uint8)
     body = identify(service, jpeg_bytes(blank))
     assert body["faces"] == [] and body["image"] == {"width": 300, "height": 200}
-    assert body["threshold"] == PRETRAINED.identify_threshold  # what a face would have met
+    assert body["threshold"] == ASSIGN  # what a face would have met
     response = service.post("/v1/embed", files={"file": ("b.jpg", jpeg_bytes(blank))})
     assert response.status_code == 200 and response.json()["faces"] == []
     response = service.post("/v1/verify", files={"file1": ("b.jpg", jpeg_bytes(blank)),

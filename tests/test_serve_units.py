@@ -24,6 +24,37 @@ from facenet_platform.serve.config import (
 
 from conftest import REPO_ROOT
 
+# -- exception -> HTTP status ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    ("BodyTooLarge", 413, "body_too_large"),
+    ("ImageTooLargeError", 413, "image_too_large"),  # before its base ImageError
+    ("BadUpload", 400, "bad_upload"),
+    ("ImageError", 400, "bad_image"),
+    ("NoFaceFoundError", 422, "no_face"),
+    ("UnknownIdentityError", 404, "unknown_identity"),  # before its base GalleryError
+    ("GalleryError", 503, "gallery_unavailable"),
+    ("ConfigError", 400, "bad_request"),
+])
+def test_one_error_table_for_ingress_and_deployments(exc, status, code):
+    from facenet_platform.core import errors
+    from facenet_platform.index import gallery
+    from facenet_platform.serve.http_errors import Failure, failure_for, http_status
+
+    cls = next(getattr(m, exc) for m in (errors, gallery, uploads) if hasattr(m, exc))
+    assert http_status(cls("why")) == (status, code)
+    assert failure_for(cls("why")) == Failure(status, code, str(cls("why")))
+
+
+def test_unknown_errors_are_internal():
+    from facenet_platform.serve.http_errors import failure_for, http_status
+
+    assert http_status(RuntimeError("boom")) is None
+    with pytest.raises(TypeError):
+        failure_for(RuntimeError("boom"))
+
+
 # -- uploads -------------------------------------------------------------------------------------
 
 
@@ -211,9 +242,17 @@ def test_writer_serialises_concurrent_enrollments(tmp_path):
     assert result.version == 10 and result.identities == 10
     assert writer.remove_sync("nobody").status == 404
     assert writer.add_sync("unknown", unit_rows(1, 5), ["x"], ["hx"]).status == 400
-    mismatch = writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"],
-                               {"model_id": "other-model", "embedding_size": 512})
-    assert mismatch.status == 409
+    from facenet_platform.core.weights import PRETRAINED
+
+    other_model = PRETRAINED.replace(model_id="other-model").to_metadata()  # the served spec
+    mismatch = writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"], other_model)
+    assert mismatch.status == 409 and mismatch.code == "model_mismatch"
+    # a gallery without a recorded spec records the served one with its next change
+    assert writer.add_sync("p", unit_rows(1, 5), ["x"], ["hx"], PRETRAINED.to_metadata()).added
+    assert Gallery.load(tmp_path / "idx").spec == PRETRAINED
+    other_crop = PRETRAINED.with_crop(margin=44).to_metadata()  # same model, another crop
+    refused = writer.add_sync("q", unit_rows(1, 6), ["y"], ["hy"], other_crop)
+    assert refused.status == 409 and "margin" in refused.message
 
 
 def test_writer_crash_during_save_keeps_the_last_good_version(tmp_path, monkeypatch):

@@ -62,10 +62,11 @@ def test_savedmodel_export_signatures(tmp_path):
     agree with the Keras model; load_exported picks the format by path."""
     import cv2
 
-    from facenet_platform.core.alignment import prewhiten
+    from facenet_platform.core.standardization import prewhiten
     from facenet_platform.train.config import config_from_dict
-    from facenet_platform.train.export import (SavedModelEmbedder, export_checkpoint,
-                                               load_exported, model_metadata)
+    from facenet_platform.core.model_io import (SavedModelEmbedder, load_exported,
+                                                read_model_spec)
+    from facenet_platform.train.export import export_checkpoint
     from facenet_platform.train.loop import save_checkpoint
 
     cfg = config_from_dict({
@@ -85,8 +86,13 @@ def test_savedmodel_export_signatures(tmp_path):
     assert report["serving_default_difference"]["l2_max"] < 1e-4
     sm = load_exported(tmp_path / "sm")
     assert isinstance(sm, SavedModelEmbedder) and sm.output_shape == (None, 8)
-    assert model_metadata(tmp_path / "sm")["standardization"] == "prewhiten"
-    assert model_metadata(tmp_path / "ckpt")["input_size"] == 32
+    exported = read_model_spec(tmp_path / "sm")
+    assert exported.standardization == "prewhiten" and exported.source.kind == "exported"
+    assert (exported.input_size, exported.embedding_size) == (32, 8)
+    assert exported.source.checkpoint == str(tmp_path / "ckpt") and exported.model_id == "sm"
+    checkpoint = read_model_spec(tmp_path / "ckpt")
+    assert checkpoint.input_size == 32 and checkpoint.source.kind == "checkpoint"
+    assert checkpoint.source.sha256 is not None
     crops = rng.integers(0, 255, (2, 32, 32, 3), np.uint8)
     expected = np.asarray(model(prewhiten(crops), training=False))
     np.testing.assert_allclose(sm(prewhiten(crops)), expected, atol=1e-5)

@@ -188,9 +188,9 @@ def tiny_config(tmp_path: Path, **overrides):
 
 
 def test_tiny_run_checkpoints_resumes_and_exports(ray_local, tmp_path):
-    from facenet_platform.core.embedding import load_model
+    from facenet_platform.core.model_io import load_exported, load_model
     from facenet_platform.train.config import load_config
-    from facenet_platform.train.export import export_checkpoint, load_exported
+    from facenet_platform.train.export import export_checkpoint
     from facenet_platform.train.trainer import run_training
 
     names = make_face_folder(tmp_path / "faces")

@@ -15,7 +15,8 @@ Note: MTCNN boxes are taller than wide (mean 94 x 125 px on LFW), so a margin cr
 square stretches the face horizontally about 1.25x more than vertically. A similarity transform
 keeps the aspect ratio, so it can only match the (stretched) template in the least-squares sense.
 
-:func:`prewhiten` is FaceNet's per-image standardisation.
+How crops become network input (standardization) is the model's business:
+:mod:`facenet_platform.core.standardization`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from facenet_platform.core.errors import ConfigError, ImageError, NoFaceFoundErr
 
 if TYPE_CHECKING:  # pragma: no cover
     from facenet_platform.core.detection import FaceDetector
+    from facenet_platform.core.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,6 @@ __all__ = [
     "crop_similarity",
     "crop_with_margin",
     "derive_template",
-    "prewhiten",
-    "fixed_standardization",
-    "STANDARDIZATIONS",
     "select_central_face",
     "similarity_template",
 ]
@@ -284,53 +283,6 @@ def crop_similarity(
 
 
 # --------------------------------------------------------------------------------------------
-# prewhiten
-# --------------------------------------------------------------------------------------------
-
-
-def prewhiten(crops: np.ndarray) -> np.ndarray:
-    """FaceNet's per-image standardisation: ``(x - mean) / max(std, 1 / sqrt(x.size))``.
-
-    ``crops`` is ``(N, S, S, 3)`` or ``(S, S, 3)``; mean and std are per image. Returns float32.
-    """
-    x = np.asarray(crops)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"prewhiten expects (N, S, S, 3) or (S, S, 3), got shape {x.shape}.")
-    single = x.ndim == 3
-    batch = x[None] if single else x
-    batch = batch.astype(np.float32, copy=False)
-    if batch.shape[0] == 0:
-        return np.zeros(batch.shape, np.float32)
-    axes = (1, 2, 3)
-    mean = batch.mean(axis=axes, keepdims=True, dtype=np.float64)
-    std = batch.std(axis=axes, keepdims=True, dtype=np.float64)
-    per_image = int(np.prod(batch.shape[1:]))
-    std_adj = np.maximum(std, 1.0 / np.sqrt(per_image))
-    # Statistics in float64, arithmetic in float32: no float64 copy of the whole batch.
-    out = (batch - mean.astype(np.float32)) * (1.0 / std_adj).astype(np.float32)
-    return out[0] if single else out
-
-
-def fixed_standardization(crops: np.ndarray) -> np.ndarray:
-    """davidsandberg's ``--use_fixed_image_standardization``: ``(x - 127.5) / 128`` as float32.
-
-    The 2018 checkpoints (20180402-114759, 20180408-102900) were trained with this instead of
-    :func:`prewhiten`.
-    """
-    x = np.asarray(crops)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"standardization expects (N, S, S, 3) or (S, S, 3), got shape {x.shape}.")
-    return (x.astype(np.float32) - np.float32(127.5)) * np.float32(1.0 / 128.0)
-
-
-#: Crop standardizations by name: uint8 crops -> float32 network input.
-STANDARDIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "prewhiten": prewhiten,
-    "fixed": fixed_standardization,
-}
-
-
-# --------------------------------------------------------------------------------------------
 # the aligner
 # --------------------------------------------------------------------------------------------
 
@@ -377,6 +329,11 @@ class FaceAligner:
         self.method = method
         self.template = similarity_template(self.image_size, self.margin)
         self._align = _METHODS[method]
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec) -> FaceAligner:
+        """The aligner that cuts the crops a model's spec asks for (size, margin, method)."""
+        return cls(image_size=spec.input_size, margin=spec.margin, method=spec.alignment)
 
     def __call__(self, image: np.ndarray, detections: Detections) -> np.ndarray:
         image = _check_image(image)

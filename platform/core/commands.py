@@ -17,23 +17,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--convert", action="store_true", help="convert again even if current")
     p.add_argument("--no-convert", action="store_true", help="only report, never convert")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=cmd_weights)
+    p.set_defaults(handler=cmd_weights, needs_model=True)
 
     p = subparsers.add_parser("verify", help="are the main faces of two photos the same person?")
     p.add_argument("image1", type=Path)
     p.add_argument("image2", type=Path)
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance threshold (default: the model's LFW-selected one)")
-    _add_pipeline_options(p)
+    add_pipeline_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=cmd_verify)
+    p.set_defaults(handler=cmd_verify, needs_model=True)
 
     p = subparsers.add_parser("embed", help="embed every face of images into a Parquet table")
     p.add_argument("paths", nargs="+", type=Path, help="image files or directories (recursive)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output .parquet file")
     p.add_argument("--batch-size", type=int, default=16, help="images per detection batch")
-    _add_pipeline_options(p)
-    p.set_defaults(handler=cmd_embed)
+    add_pipeline_options(p)
+    p.set_defaults(handler=cmd_embed, needs_model=True)
 
     evaluate = subparsers.add_parser("eval", help="evaluate on a benchmark")
     eval_sub = evaluate.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -52,11 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--roc", type=Path, default=None, help="write the ROC curve to this PNG")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_pipeline_options(p)
-    p.set_defaults(handler=cmd_eval_lfw)
+    add_pipeline_options(p)
+    p.set_defaults(handler=cmd_eval_lfw, needs_model=True)
 
 
-def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Add the options every command that runs the face pipeline takes (``--alignment``,
+    ``--margin``, ``--backend``, ``--model``; read by :func:`build_pipeline`) to ``p``."""
     p.add_argument("--alignment", choices=["margin", "similarity"], default=None,
                    help="crop method (default: the model's)")
     p.add_argument("--margin", type=int, default=None, help="margin in pixels around the box")
@@ -64,23 +66,16 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="embedding backend: auto (default: keras-bf16 on CPUs with native bf16, "
                         "else keras-fp32), keras-fp32, keras-bf16, onnx-fp32, onnx-int8")
     p.add_argument("--model", type=Path, default=None,
-                   help="a saved .keras model (default: the pretrained 20180408-102900)")
+                   help="a trained model: checkpoint folder, .keras file, SavedModel folder or "
+                        ".tflite file (default: the pretrained 20180408-102900)")
 
 
 def build_pipeline(args: argparse.Namespace, flip: str = "none"):
-    """A FacePipeline configured from the common CLI options."""
-    from .alignment import FaceAligner
-    from .embedding import FaceEmbedder
-    from .pipeline import FacePipeline
-    from .weights import PRETRAINED
+    """A FacePipeline for the common CLI options: the model's spec, crop overrides applied."""
+    from .factory import build_pipeline as build
 
-    embedder = FaceEmbedder(args.model, flip=flip, backend=args.backend)
-    aligner = FaceAligner(
-        image_size=embedder.input_size,
-        margin=PRETRAINED.margin if args.margin is None else args.margin,
-        method=args.alignment or PRETRAINED.alignment,
-    )
-    return FacePipeline(aligner=aligner, embedder=embedder)
+    return build(args.model, backend=args.backend, flip=flip, alignment=args.alignment,
+                 margin=args.margin)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

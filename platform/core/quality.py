@@ -16,8 +16,11 @@ Four components, each mapped onto [0, 1] (1 = good) by a clipped ramp:
   between the eye line and the mouth line (about 0.55 frontal). Each gives a ramp; the
   component is their product.
 
-The score is the weighted geometric mean of the components (:data:`WEIGHTS`), so one very bad
-component (a 12 px face, a profile) pulls the face down whatever the rest says. Faces under a
+The score is the product of the components: each is read as the chance that this aspect of
+the face is good enough, so one bad component (a 12 px face, a profile, a blur) pulls the face
+down whatever the rest says, and two middling ones (a small *and* soft stranger in the
+background) do too. (A weighted geometric mean was measured against it on the in-the-wild check
+and let more background strangers through at every floor: benchmarks/RESULTS.md.) Faces under a
 floor (``PeopleOptions.min_quality`` in ``index/people_engine.py``; chosen by measurement in
 ``benchmarks/bench_people.py``) do not start or join people.
 
@@ -45,9 +48,6 @@ ROLL_RAMP = (25.0, 60.0)
 #: (good, bad): |pitch - PITCH_CENTER| (nose position between eye line 0 and mouth line 1).
 PITCH_CENTER = 0.55
 PITCH_RAMP = (0.25, 0.6)
-#: weights of the geometric mean (sum to 1).
-WEIGHTS = {"detection": 0.25, "size": 0.25, "sharpness": 0.2, "frontal": 0.3}
-_EPS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,7 @@ def quality_components(scores: np.ndarray, boxes: np.ndarray, landmarks: np.ndar
         "sharpness": sharpness_component(sharpness, n),
         "frontal": frontal_component(landmarks.reshape(n, 5, 2)),
     }
-    log_q = sum(w * np.log(np.maximum(parts[k], _EPS)) for k, w in WEIGHTS.items())
-    score = np.exp(log_q) if n else np.zeros(0)
-    # a component at exactly 0 keeps the face at the bottom of the scale
-    score = np.where(np.min(np.stack(list(parts.values())), axis=0) <= 0, 0.0, score) if n else score
+    score = np.prod(np.stack(list(parts.values())), axis=0) if n else np.zeros(0)
     f32 = {k: np.asarray(v, np.float32) for k, v in parts.items()}
     return QualityComponents(score=np.clip(score, 0, 1).astype(np.float32), **f32)
 

@@ -29,12 +29,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import WeightsError
+from .model_spec import ModelSource, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -48,23 +49,21 @@ MANIFEST_VERSION = 1
 GRAPH_SCOPE = "InceptionResnetV1"  # every weight of the frozen graph lives under this scope
 
 
-@dataclass(frozen=True)
-class PretrainedModel:
-    """What identifies the pretrained model and how it is meant to be used."""
-
-    model_id: str
-    checkpoint: str
-    training_data: str
-    input_size: int
-    embedding_size: int
-    margin: int
-    alignment: str
-    standardization: str
+#: The pretrained model: davidsandberg's 20180408-102900 as :func:`load_pretrained_model` builds it.
+PRETRAINED = ModelSpec(
+    model_id="facenet-20180408-102900",
+    input_size=160,
+    embedding_size=512,
+    alignment="margin",
+    margin=32,
+    # davidsandberg trained the 2018 checkpoints with --use_fixed_image_standardization;
+    # on LFW it beats per-image prewhitening by about 0.015 accuracy (benchmarks/RESULTS.md).
+    standardization="fixed",
     # Squared-Euclidean distance at or under which two faces are the same person: the
     # threshold the LFW 10-fold protocol selects on all 6,000 View 2 pairs for this model with
     # the default pipeline (margin crop, fixed standardization, centred embeddings, no flip),
     # rounded (benchmarks/bench_lfw.py; see benchmarks/RESULTS.md).
-    threshold: float
+    threshold=1.290,
     # Squared-Euclidean distance at or under which ``identify`` (1:N, open set) names a face's
     # nearest gallery identity; farther is "unknown". The 1:1 threshold above accepts almost
     # every stranger against a gallery of a thousand people, so this one is calibrated for
@@ -73,29 +72,17 @@ class PretrainedModel:
     # peopleDevTest.txt people (1,711, first image each; no person shared with DevTrain); the
     # largest threshold (3 decimals) at which at most 5% of strangers get a name (FPIR = 0.05).
     # Rerun: benchmarks/calibrate_identify_threshold.py (see benchmarks/RESULTS.md).
-    identify_threshold: float
-    # File (in facenet_platform/core/data) holding the mean raw embedding of LFW View 1's
-    # DevTrain people, (D,) float32; the platform's embedding is l2_normalize(raw - mean)
-    # (davidsandberg's --subtract_mean, fixed once instead of per fold). Derived by
-    # benchmarks/derive_embedding_mean.py.
-    embedding_mean_file: str
-
-
-PRETRAINED = PretrainedModel(
-    model_id="facenet-20180408-102900",
-    checkpoint="20180408-102900",
-    training_data="CASIA-WebFace",
-    input_size=160,
-    embedding_size=512,
-    margin=32,
-    alignment="margin",
-    # davidsandberg trained the 2018 checkpoints with --use_fixed_image_standardization;
-    # on LFW it beats per-image prewhitening by about 0.015 accuracy (benchmarks/RESULTS.md).
-    standardization="fixed",
-    threshold=1.290,
     identify_threshold=0.845,
-    embedding_mean_file="embedding_mean-20180408-102900.npy",
+    source=ModelSource(kind="pretrained", path=f"{SOURCE_PACKAGE}:{SOURCE_MODULE}/{SOURCE_FILE}",
+                       format="frozen-graph", checkpoint="20180408-102900",
+                       training_data="CASIA-WebFace"),
 )
+
+#: File (in facenet_platform/core/data) holding the mean raw embedding of LFW View 1's DevTrain
+#: people, (512,) float32; the pretrained model's embedding is l2_normalize(raw - mean)
+#: (davidsandberg's --subtract_mean, fixed once instead of per fold). Derived by
+#: benchmarks/derive_embedding_mean.py.
+EMBEDDING_MEAN_FILE = "embedding_mean-20180408-102900.npy"
 
 #: Where package data (the embedding mean) lives.
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -107,7 +94,7 @@ def pretrained_embedding_mean() -> np.ndarray:
     Shipped with the package (``facenet_platform/core/data``), derived from LFW View 1 DevTrain
     images by ``benchmarks/derive_embedding_mean.py``.
     """
-    path = DATA_DIR / PRETRAINED.embedding_mean_file
+    path = DATA_DIR / EMBEDDING_MEAN_FILE
     try:
         mean = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -271,7 +258,7 @@ def convert_frozen_graph(out_dir: Path, source: Path | None = None) -> Path:
         model.save_weights(tmp / WEIGHTS_FILE)
         manifest = {
             "manifest_version": MANIFEST_VERSION,
-            "model": asdict(PRETRAINED),
+            "model": PRETRAINED.to_metadata(),
             "source": {
                 "package": SOURCE_PACKAGE,
                 "package_version": _package_version(SOURCE_PACKAGE),

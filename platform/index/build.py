@@ -61,18 +61,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from facenet_platform.core.errors import ConfigError, FaceNetPlatformError
+from facenet_platform.core.model_spec import ModelSpec
 from facenet_platform.ray_connection import check_ray_address, connect_ray, resolve_address
 from facenet_platform.ray_errors import job_error_text
 
 from .build_options import BuildOptions
 from .build_plan import ResourcePlan, plan_resources
 from .build_summary import BuildSummary
-from .collection import (FACES, FAILURES, FILES, SCHEMA_VERSION, STATUS_FAILED, STATUS_REMOVED,
-                         CollectionStore, latest_per_path, live_content, new_run_id)
+from .collection import (FACES, FAILURES, FILES, SCHEMA_VERSION, CollectionStore,
+                         latest_per_path, live_content, new_run_id)
 from .committer import Committer, FileState
 from .faults import parse_faults
 from .layout import IndexLayout, read_manifest, update_manifest
 from .sources import SourceFile, is_uri, list_sources
+from .status import STAGE_READ, STATUS_FAILED, STATUS_REMOVED
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +141,10 @@ def _hash_pass(files: list[SourceFile], options: BuildOptions) -> dict[str, tupl
 
 
 def _pipeline(work: list[SourceFile], options: BuildOptions, plan: ResourcePlan,
-              faults: dict[str, str]):
+              faults: dict[str, str], spec: ModelSpec):
     import ray
 
     from .stages import DetectAlign, Embed, read_decode
-    from facenet_platform.core.weights import PRETRAINED
-
     table = pa.table({
         "path": pa.array([f.path for f in work], pa.string()),
         "size": pa.array([f.size for f in work], pa.int64()),
@@ -153,23 +153,26 @@ def _pipeline(work: list[SourceFile], options: BuildOptions, plan: ResourcePlan,
     per_block = max(options.read_batch_size * 2, math.ceil(len(work) / 4000))
     ds = ray.data.from_arrow(_blocks(table, per_block))
     ds = ds.map_batches(read_decode, batch_size=options.read_batch_size, batch_format="numpy",
-                        num_cpus=plan.decode_cpus, fn_kwargs={"max_pixels": options.max_pixels})
+                        num_cpus=plan.decode_cpus,
+                        fn_kwargs={"max_pixels": options.max_pixels,
+                                   "sampling": options.sampling(), "read_xmp": options.read_xmp})
     ds = ds.map_batches(
         DetectAlign, batch_size=options.detect_batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.detect_actors),
         num_cpus=plan.detect_cpus,
-        fn_constructor_kwargs={"min_face_size": options.min_face_size,
+        fn_constructor_kwargs={"spec": spec.to_metadata(),
+                               "min_face_size": options.min_face_size,
                                "num_threads": plan.detect_threads,
-                               "image_size": PRETRAINED.input_size,
-                               "margin": PRETRAINED.margin,
-                               "alignment": PRETRAINED.alignment, "faults": faults})
+                               "rotation_retry": options.rotation_retry,
+                               "rotation_retry_below": options.rotation_retry_below,
+                               "faults": faults})
     embed_args: dict[str, Any] = {"num_cpus": plan.embed_cpus}
     if plan.embed_gpus:
         embed_args["num_gpus"] = plan.embed_gpus
     ds = ds.map_batches(
         Embed, batch_size=plan.embed_batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
-        fn_constructor_kwargs={"model": options.model, "batch_size": plan.model_batch_size,
+        fn_constructor_kwargs={"spec": spec.to_metadata(), "batch_size": plan.model_batch_size,
                                "backend": options.backend,
                                "num_threads": plan.embed_threads, "faults": faults},
         **embed_args)
@@ -195,11 +198,12 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         ConfigError: bad options, or the index holds another model's embeddings.
         BuildJobError: the Ray Data job failed as a whole (what was committed stays).
     """
-    from facenet_platform.core.weights import PRETRAINED
+    from facenet_platform.core.factory import resolve_spec
 
     options = options or BuildOptions()
     options.validate()
     start = time.monotonic()
+    spec = resolve_spec(options.model)  # the model's crop and contract, for every actor
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     # fail fast, even when there turns out to be nothing to do
@@ -222,15 +226,16 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
             (r.get("model_id") for r in reversed(commits) if r.get("model_id")), None)
         embedding_size = section.get("embedding_size") or next(
             (r.get("embedding_size") for r in reversed(commits) if r.get("embedding_size")), None)
-        if options.model is None and model_id not in (None, PRETRAINED.model_id):
+        if model_id not in (None, spec.model_id):
             raise ConfigError(
                 f"{index_uri} holds embeddings of model {model_id}; this build would use "
-                f"{PRETRAINED.model_id}: pass the same --model, or build into a new INDEX_DIR")
+                f"{spec.model_id}: pass the same --model, or build into a new INDEX_DIR")
+        _check_recorded_spec(section, spec, index_uri)
         files_log = store.read(FILES, commits=commits)
         by_path, known = _known_states(files_log, options.retry_failed)
         logged_read_failures = _logged_read_failures(store, commits)
         committer = Committer(store, run_id, store.next_seq(commits), options, faults, known,
-                               model_id, embedding_size)
+                               model_id, embedding_size, shots=_shots(listing.files))
 
         # 1. skip by (path, size, mtime); hash the rest
         to_hash: list[SourceFile] = []
@@ -262,7 +267,7 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
             else:
                 continue  # skipped by the stat cache
             if error:
-                if (f.path, "read", error) in logged_read_failures:
+                if (f.path, STAGE_READ, error) in logged_read_failures:
                     committer.counts["failed_read"] += 1
                 else:
                     committer.add_read_failure(f.path, error)
@@ -295,7 +300,7 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
             summary.plan = asdict(plan)
             logger.info("%d new files; plan %s", len(work), plan)
             ray.data.DataContext.get_current().enable_progress_bars = options.progress
-            ds = _pipeline(work, options, plan, faults)
+            ds = _pipeline(work, options, plan, faults, spec)
             t = time.monotonic()
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy",
@@ -333,8 +338,7 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         summary.failures = sum(by_stage.values())
         summary.failures_by_stage = by_stage
         summary.commits = committer.commits
-        summary.model_id = committer.model_id or model_id or (
-            PRETRAINED.model_id if options.model is None else "")
+        summary.model_id = committer.model_id or model_id or spec.model_id
         all_commits = commits + committer.commit_records
         if all_commits:
             live = live_content(store.read(FILES, commits=all_commits))
@@ -352,10 +356,34 @@ def build_index(sources: Sequence[str] | Iterable[str] | str, index_dir: str | o
         else:
             backend = section.get("backend")
         _update_manifest(layout, summary, all_commits, committer, listing_sources=list(sources),
-                         backend=backend)
+                         backend=backend, spec=spec)
         return summary
     finally:
         store.release_lock(run_id)
+
+
+def _shots(files: list[SourceFile]) -> dict[str, str]:
+    """path -> shot id of RAW files and their renders (:mod:`facenet_platform.core.media.pairing`):
+    same folder and stem, confirmed by capture time and camera when both files carry them
+    (read from the first 512 KiB of the candidates only)."""
+    from facenet_platform.core.media.pairing import ShotMeta, pair_shots, read_shot_meta
+
+    from .stages import read_bytes
+
+    def meta(path: str) -> ShotMeta:
+        try:
+            if is_uri(path):
+                return read_shot_meta(read_bytes(path)[:512 * 1024])
+            with open(path, "rb") as handle:
+                return read_shot_meta(handle.read(512 * 1024))
+        except Exception:  # noqa: BLE001 - unreadable: the stem rule decides
+            return ShotMeta()
+
+    try:
+        return pair_shots([f.path for f in files], meta)
+    except Exception:  # noqa: BLE001 - pairing is a bonus; never fail a build on it
+        logger.warning("could not pair RAW files with their JPEGs", exc_info=True)
+        return {}
 
 
 def _logged_read_failures(store: CollectionStore, commits: list[dict]) -> set[tuple[str, str, str]]:
@@ -368,8 +396,22 @@ def _logged_read_failures(store: CollectionStore, commits: list[dict]) -> set[tu
                                             cols["reason"]) if h is None}
 
 
+def _check_recorded_spec(section: dict[str, Any], spec: ModelSpec, index_uri: str) -> None:
+    """ConfigError when the index recorded a model spec whose crop or input contract differs
+    from the build's (same model id, other settings: the embeddings would not compare)."""
+    if not section.get("model"):
+        return  # an index from before the spec was recorded
+    recorded = ModelSpec.from_metadata(section["model"], where=f"{index_uri} manifest")
+    differ = spec.differences(recorded)
+    if differ:
+        detail = ", ".join(f"{k}: index {b!r}, now {a!r}" for k, (a, b) in differ.items())
+        raise ConfigError(f"{index_uri} was built with other model settings ({detail}): build "
+                          "with the same model, or into a new INDEX_DIR")
+
+
 def _update_manifest(layout: IndexLayout, summary: BuildSummary, commits: list[dict],
-                     committer: Committer, listing_sources: list, backend: str | None) -> None:
+                     committer: Committer, listing_sources: list, backend: str | None,
+                     spec: ModelSpec) -> None:
     totals = Counter()
     for record in commits:
         totals.update(record.get("counts", {}))
@@ -377,6 +419,7 @@ def _update_manifest(layout: IndexLayout, summary: BuildSummary, commits: list[d
         "schema_version": SCHEMA_VERSION,
         "model_id": summary.model_id or None,
         "embedding_size": committer.embedding_size,
+        "model": spec.to_metadata(),
         "backend": backend,
         "version": commits[-1]["seq"] if commits else 0,
         "commits": len(commits),

@@ -67,7 +67,8 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                    help="face crops per embedding batch (default 64 on CPU, 256 on GPU)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None,
-                   help="a saved .keras embedding model (default: pretrained 20180408-102900)")
+                   help="a trained model: checkpoint folder, .keras, SavedModel folder or .tflite "
+                        "(default: pretrained 20180408-102900)")
     g.add_argument("--backend", default=None,
                    help="embedding backend: keras-fp32 (default), keras-bf16, onnx-fp32, onnx-int8")
     g.add_argument("--min-face-size", type=_positive_int, default=20,
@@ -75,6 +76,19 @@ def register(index_sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-pixels", type=_positive_int, default=None,
                    help="refuse images larger than this many pixels (default $FACENET_MAX_PIXELS "
                         "or 40,000,000)")
+    g = p.add_argument_group("photos, videos and metadata")
+    g.add_argument("--video-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="sample a video/animated image every this many seconds (plus scene "
+                        "changes)")
+    g.add_argument("--video-max-frames", type=_positive_int, default=24,
+                   help="frames sampled per video/animated image at most")
+    g.add_argument("--no-rotation-retry", action="store_true",
+                   help="do not retry faceless photos without EXIF orientation turned sideways")
+    g.add_argument("--rotation-retry-below", type=float, default=0.99, metavar="SCORE",
+                   help="also retry orientation-less photos whose best face scores below this "
+                        "(default 0.99; 0: only photos without a face)")
+    g.add_argument("--no-xmp", action="store_true",
+                   help="do not read XMP face regions (in-file and .xmp sidecars)")
     g = p.add_argument_group("incremental build")
     g.add_argument("--commit-every-files", type=_positive_int, default=1000,
                    help="commit after this many finished files (what an interrupted build redoes)")
@@ -129,6 +143,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         max_rows_per_file=args.max_rows_per_file, rehash=args.rehash,
         retry_failed=args.retry_failed, progress=not args.no_progress,
         log_to_driver=args.verbose > 0,
+        video_interval_s=args.video_interval, video_max_frames=args.video_max_frames,
+        rotation_retry=not args.no_rotation_retry,
+        rotation_retry_below=args.rotation_retry_below, read_xmp=not args.no_xmp,
     )
     summary = build_index(args.sources, args.out, options=options)
     people, people_error = None, None

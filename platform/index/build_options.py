@@ -23,7 +23,8 @@ class BuildOptions:
         decode_cpus: logical CPUs per read+decode task.
         read_batch_size: files per read+decode batch; detect_batch_size: images per detection
             batch; embed_batch_size: face crops per embedding batch (64 on CPU, 256 on GPU).
-        model: a saved ``.keras`` embedding model (default: the pretrained 20180408-102900).
+        model: a trained model path (checkpoint folder, ``.keras``, SavedModel, ``.tflite``);
+            its spec sets the crop of every actor (default: the pretrained 20180408-102900).
         backend: embedding numerics (``facenet_platform.core.backends``: keras-fp32,
             keras-bf16, onnx-fp32, onnx-int8); recorded in the manifest.
         min_face_size: smallest face, pixels (MTCNN).
@@ -35,6 +36,17 @@ class BuildOptions:
         retry_failed: process again files whose content failed before.
         progress: Ray Data progress bars.
         log_to_driver: stream the Ray workers' logs to this process (when starting Ray).
+        video_interval_s, video_max_frames: frame sampling of videos and animated images
+            (every N seconds plus scene changes, at most this many frames per file; see
+            :class:`facenet_platform.core.media.SamplingOptions`).
+        rotation_retry: when a still photo declares no orientation and no face is found, try
+            it turned by 90, 270 and 180 degrees (:mod:`facenet_platform.core.media.rotation`).
+        rotation_retry_below: also retry orientation-less photos whose best face scores below
+            this (MTCNN finds a third of 90-degree-turned LFW faces at ~0.98 and would embed
+            them sideways; on rotated LFW 0.99 sets 147/150 upright instead of 99/150, at no
+            cost on upright photos; 0 or None: only faceless photos; benchmarks/RESULTS.md).
+        read_xmp: read XMP face regions (in-file and ``.xmp`` sidecars) and name the matching
+            faces (``xmp_name``).
     """
 
     address: str | None = None
@@ -59,6 +71,17 @@ class BuildOptions:
     retry_failed: bool = False
     progress: bool = True
     log_to_driver: bool = True
+    video_interval_s: float = 2.0
+    video_max_frames: int = 24
+    rotation_retry: bool = True
+    rotation_retry_below: float | None = 0.99
+    read_xmp: bool = True
+
+    def sampling(self):
+        """The :class:`~facenet_platform.core.media.SamplingOptions` of videos/animations."""
+        from facenet_platform.core.media.frames import SamplingOptions
+
+        return SamplingOptions(interval_s=self.video_interval_s, max_frames=self.video_max_frames)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on a count under 1 or a negative resource."""
@@ -76,5 +99,8 @@ class BuildOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.video_interval_s <= 0 or self.video_max_frames < 1:
+            raise ConfigError("video_interval_s must be > 0 and video_max_frames >= 1, got "
+                              f"{self.video_interval_s} and {self.video_max_frames}")
         if self.commit_every_seconds <= 0:
             raise ConfigError(f"commit_every_seconds must be > 0, got {self.commit_every_seconds}")

@@ -25,7 +25,9 @@ interrupted. Reading ``faces/*.parquet`` directly (pandas, DuckDB, ``ray.data.re
 is also safe: only committed files are ever moved there.
 
 **Row identity.** A face is identified by ``(content_hash, face_index)``: the sha256 of the
-file's bytes and the face's rank by detection score. ``files`` is an append-only log: the last
+file's bytes and the face's rank by detection score. A video or animated image has its faces
+numbered 0..N-1 over its sampled frames in time order; each row says its ``frame_time`` (s) and
+``frame_index`` (null for photos), so ``(content_hash, frame_time)`` names the frame. ``files`` is an append-only log: the last
 row of a path (in commit order) is its current state. ``failures`` is a log of failure events.
 
 **Deleted and changed files.** When a file that a build's SOURCE covers is gone, the build
@@ -56,6 +58,7 @@ from facenet_platform.core.facetable import face_schema
 
 from .layout import IndexLayout
 from .locking import IndexBusyError, WriterLock
+from .status import STATUS_FAILED, STATUS_INDEXED, STATUS_NO_FACE, STATUS_REMOVED
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +92,7 @@ FILES = "files"
 FAILURES = "failures"
 TABLES = (FACES, FILES, FAILURES)
 
-#: ``files.status``: the file had at least one face (its faces are in ``faces``).
-STATUS_INDEXED = "indexed"
-#: ``files.status``: the file decoded but no face was found.
-STATUS_NO_FACE = "no_face"
-#: ``files.status``: the file failed at decode, detect or embed (reason in ``failures``).
-STATUS_FAILED = "failed"
-#: ``files.status``: the path is gone (deleted since it was indexed); its content's faces are
-#: no longer shown unless another live path has the same content.
-STATUS_REMOVED = "removed"
+# ``files.status`` values (STATUS_*) come from :mod:`.status`, the build's one vocabulary.
 
 _TS = pa.timestamp("ms", tz="UTC")
 
@@ -111,6 +106,14 @@ FACES_EXTRA_FIELDS: tuple[pa.Field, ...] = (
     pa.field("sharpness", pa.float32(), nullable=False),
     pa.field("indexed_at", _TS, nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    # Media (issue 13); null in parts written before them. A face is still keyed by
+    # (content_hash, face_index): a video's faces are numbered 0..N-1 over its sampled frames.
+    pa.field("frame_time", pa.float64(), nullable=True),     # s into a video/animation; null: still
+    pa.field("frame_index", pa.int32(), nullable=True),      # frame number in the stream; null: still
+    pa.field("decoder", pa.string(), nullable=True),         # pillow | pillow-heif | rawpy-preview | rawpy-half | pyav | pillow-frames
+    pa.field("orientation", pa.int16(), nullable=True),      # EXIF orientation the file declared (0: none)
+    pa.field("rotation", pa.int16(), nullable=True),         # degrees clockwise the sideways retry turned the photo
+    pa.field("xmp_name", pa.string(), nullable=True),        # name of the matched XMP face region
 )
 
 FILES_SCHEMA = pa.schema([
@@ -124,6 +127,8 @@ FILES_SCHEMA = pa.schema([
     pa.field("image_height", pa.int32(), nullable=True),
     pa.field("indexed_at", _TS, nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    # RAW + render of the same shot share it (core/media/pairing.py); null otherwise
+    pa.field("shot_id", pa.string(), nullable=True),
 ])
 
 FAILURES_SCHEMA = pa.schema([
@@ -300,8 +305,10 @@ class CollectionStore:
 
     def read(self, table: str, columns: Sequence[str] | None = None,
              commits: Sequence[dict] | None = None) -> pa.Table:
-        """A committed table (``faces``, ``files`` or ``failures``) in commit order."""
+        """A committed table (``faces``, ``files`` or ``failures``) in commit order; columns
+        added since older parts were written read as nulls there."""
         commits = self.commits() if commits is None else commits
+        table_name = table
         paths = self.part_paths(table, commits)
         if not paths:
             size = next((r.get("embedding_size") for r in reversed(commits)
@@ -310,9 +317,24 @@ class CollectionStore:
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
             return schema.empty_table()
-        parts = [pq.read_table(p, filesystem=self.fs, columns=list(columns) if columns else None)
-                 for p in paths]
-        return pa.concat_tables(parts)
+        parts = []
+        for p in paths:
+            wanted = list(columns) if columns else None
+            if wanted is not None:  # parts written before a column existed lack it
+                present = set(pq.read_schema(p, filesystem=self.fs).names)
+                wanted = [c for c in wanted if c in present]
+            parts.append(pq.read_table(p, filesystem=self.fs, columns=wanted))
+        table = pa.concat_tables(parts, promote_options="default")
+        if columns is not None:
+            size = next((r.get("embedding_size") for r in reversed(commits)
+                         if r.get("embedding_size")), None) or 512
+            schema = _schema_for(table_name, size)
+            for c in columns:
+                if c not in table.column_names:
+                    table = table.append_column(schema.field(c), pa.nulls(table.num_rows,
+                                                                          schema.field(c).type))
+            table = table.select(list(columns))
+        return table
 
     # -- single-writer lock ------------------------------------------------------------------
 

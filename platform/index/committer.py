@@ -23,10 +23,11 @@ from facenet_platform.core.facetable import faces_table
 
 from .build_options import BuildOptions
 from .collection import (FACES, FACES_EXTRA_FIELDS, FAILURES, FAILURES_SCHEMA, FILES,
-                         FILES_SCHEMA, SCHEMA_VERSION, STATUS_FAILED, STATUS_INDEXED,
-                         STATUS_NO_FACE, STATUS_REMOVED, CollectionStore)
+                         FILES_SCHEMA, SCHEMA_VERSION, CollectionStore)
 from .faults import exit_if_due
 from .sources import SourceFile
+from .status import (ROW_FACE, ROW_FAILED, ROW_NO_FACE, STAGE_READ, STATUS_FAILED, STATUS_INDEXED,
+                     STATUS_NO_FACE, STATUS_REMOVED)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,21 @@ __all__ = ["FACE_COLUMNS", "Committer", "FileState"]
 
 #: Columns of the Embed stage's output that make a faces row.
 FACE_COLUMNS = ("path", "face_index", "box", "landmarks", "score", "embedding", "model_id",
-                 "content_hash", "width", "height", "sharpness")
+                 "content_hash", "width", "height", "sharpness", "frame_time", "frame_index",
+                 "decoder", "orientation", "rotation", "xmp_name")
+
+# Defaults of the media columns when a batch lacks them (a still image from an older stage).
+_MEDIA_DEFAULTS = {"frame_time": np.nan, "frame_index": -1, "decoder": "", "orientation": 0,
+                   "rotation": 0,
+                   "xmp_name": "", "n_frames": 1, "frame_number": 0}
+
+
+def _column(batch: dict[str, np.ndarray], name: str) -> np.ndarray:
+    if name in batch:
+        return np.asarray(batch[name])
+    n = len(batch["path"])
+    value = _MEDIA_DEFAULTS[name]
+    return np.full(n, value, dtype=object if isinstance(value, str) else None)
 
 
 @dataclass
@@ -62,8 +77,10 @@ class Committer:
 
     def __init__(self, store: CollectionStore, run_id: str, seq: int, options: BuildOptions,
                  faults: dict[str, str], known: dict[str, FileState],
-                 model_id: str | None, embedding_size: int | None):
+                 model_id: str | None, embedding_size: int | None,
+                 shots: dict[str, str] | None = None):
         self.store = store
+        self.shots = dict(shots or {})
         self.run_id = run_id
         self.seq = seq
         self.options = options
@@ -72,7 +89,9 @@ class Committer:
         self.model_id = model_id
         self.embedding_size = embedding_size
         self.aliases: dict[str, list[SourceFile]] = {}
-        self.partial: dict[str, dict[int, dict[str, Any]]] = {}
+        # content hash -> frames seen ({frame_number: faces in it}) and face rows by
+        # (frame_number, face_index in the frame), for files whose rows span batches
+        self.partial: dict[str, dict[str, Any]] = {}
         self.done: set[str] = set()
         self.faces: list[dict[str, np.ndarray]] = []
         self.files: list[dict[str, Any]] = []
@@ -102,12 +121,13 @@ class Committer:
     def add_read_failure(self, path: str, reason: str) -> None:
         """``path`` could not be read (no content hash)."""
         self.counts["failed_read"] += 1
-        self.failures.append(self._failure_row(path, None, "read", reason))
+        self.failures.append(self._failure_row(path, None, STAGE_READ, reason))
 
     def _file_row(self, path, content_hash, size, mtime_ns, state: FileState) -> dict:
         return {"path": path, "content_hash": content_hash, "size": int(size),
                 "mtime_ns": int(mtime_ns), "status": state.status, "faces": int(state.faces),
-                "image_width": state.width, "image_height": state.height}
+                "image_width": state.width, "image_height": state.height,
+                "shot_id": self.shots.get(path)}
 
     def _failure_row(self, path, content_hash, stage, reason) -> dict:
         return {"path": path, "content_hash": content_hash, "stage": stage, "reason": reason}
@@ -118,6 +138,9 @@ class Committer:
         if n == 0:
             return
         self._check_model(batch)
+        batch = dict(batch)
+        for name in _MEDIA_DEFAULTS:
+            batch[name] = _column(batch, name)
         hashes = np.asarray(batch["content_hash"]).astype(str)
         status = np.asarray(batch["status"]).astype(str)
         order = np.argsort(hashes, kind="stable")
@@ -162,8 +185,8 @@ class Committer:
             self.files.append(self._file_row(path, content_hash, size, mtime, prior))
             return
         statuses = set(status[rows].tolist())
-        if "failed" in statuses:
-            k = next(int(i) for i in rows if status[i] == "failed")
+        if ROW_FAILED in statuses:
+            k = next(int(i) for i in rows if status[i] == ROW_FAILED)
             stage, reason = str(batch["stage"][k]), str(batch["reason"][k])
             self.partial.pop(content_hash, None)
             self.counts[f"failed_{stage}"] += 1
@@ -171,28 +194,46 @@ class Committer:
             state = FileState(STATUS_FAILED, 0, width or None, height or None)
             self._finish(content_hash, path, size, mtime, state)
             return
-        if "no_face" in statuses:
-            self.counts["no_face"] += 1
-            self._finish(content_hash, path, size, mtime,
-                         FileState(STATUS_NO_FACE, 0, width, height))
+        n_frames = int(batch["n_frames"][first])
+        if n_frames == 1 and content_hash not in self.partial and ROW_NO_FACE in statuses:
+            self._finish_no_face(content_hash, path, size, mtime, width, height)
             return
         n_faces = int(batch["n_faces"][first])
         face_index = np.asarray(batch["face_index"])[rows]
-        if content_hash not in self.partial and len(rows) == n_faces \
+        if n_frames == 1 and content_hash not in self.partial and len(rows) == n_faces \
                 and len(np.unique(face_index)) == n_faces:
-            # the usual case: all the file's faces in this batch
+            # the usual case: a still image with all its faces in this batch
             take = rows[np.argsort(face_index, kind="stable")]
             self.faces.append({c: np.asarray(batch[c])[take] for c in FACE_COLUMNS})
-        else:
-            got = self.partial.setdefault(content_hash, {})
-            for i in rows:
-                got[int(batch["face_index"][i])] = {c: batch[c][i] for c in FACE_COLUMNS}
-            if len(got) < n_faces:
-                return  # the rest of this file's faces come in another batch
-            del self.partial[content_hash]
-            face_rows = [got[j] for j in range(n_faces)]
-            self.faces.append({c: np.stack([np.asarray(r[c]) for r in face_rows])
-                               for c in FACE_COLUMNS})
+            self._finish_faces(content_hash, path, size, mtime, width, height, n_faces)
+            return
+        # a video/animation (frames in any batches), or faces split across batches
+        got = self.partial.setdefault(content_hash, {"frames": {}, "faces": {}})
+        for i in rows:
+            number = int(batch["frame_number"][i])
+            got["frames"][number] = int(batch["n_faces"][i]) if status[i] == ROW_FACE else 0
+            if status[i] == ROW_FACE:
+                got["faces"][(number, int(batch["face_index"][i]))] = {
+                    c: batch[c][i] for c in FACE_COLUMNS}
+        if len(got["frames"]) < n_frames or len(got["faces"]) < sum(got["frames"].values()):
+            return  # the rest of this file comes in another batch
+        del self.partial[content_hash]
+        keys = sorted(got["faces"])
+        if not keys:
+            self._finish_no_face(content_hash, path, size, mtime, width, height)
+            return
+        face_rows = [got["faces"][k] for k in keys]
+        faces = {c: np.stack([np.asarray(r[c]) for r in face_rows]) for c in FACE_COLUMNS}
+        faces["face_index"] = np.arange(len(keys), dtype=np.int32)  # 0..N-1 in frame order
+        self.faces.append(faces)
+        self._finish_faces(content_hash, path, size, mtime, width, height, len(keys))
+
+    def _finish_no_face(self, content_hash, path, size, mtime, width, height) -> None:
+        self.counts["no_face"] += 1
+        self._finish(content_hash, path, size, mtime,
+                     FileState(STATUS_NO_FACE, 0, width, height))
+
+    def _finish_faces(self, content_hash, path, size, mtime, width, height, n_faces) -> None:
         self.n_ready_faces += n_faces
         self.counts["faces"] += n_faces
         self.counts["with_faces"] += 1
@@ -227,7 +268,12 @@ class Committer:
         cols = {c: v[order] for c, v in cols.items()}
         n = len(order)
         dim = cols["embedding"].shape[1]
-        content_hash, width, height, sharpness, indexed_at, run_id = FACES_EXTRA_FIELDS
+        (content_hash, width, height, sharpness, indexed_at, run_id, frame_time, frame_index,
+         decoder, orientation, rotation, xmp_name) = FACES_EXTRA_FIELDS
+        times = cols["frame_time"].astype(np.float64)
+        indices = cols["frame_index"].astype(np.int64)
+        decoders = cols["decoder"].astype(str)
+        names = cols["xmp_name"].astype(str)
         table = faces_table(cols, dim, extra=[
             (content_hash, pa.array(cols["content_hash"].astype(str), pa.string())),
             (width, pa.array(cols["width"].astype(np.int32), pa.int32())),
@@ -235,6 +281,12 @@ class Committer:
             (sharpness, pa.array(cols["sharpness"].astype(np.float32), pa.float32())),
             (indexed_at, pa.array(np.full(n, now_ms, np.int64), pa.int64()).cast(indexed_at.type)),
             (run_id, pa.array([self.run_id] * n, pa.string())),
+            (frame_time, pa.array(times, pa.float64(), mask=np.isnan(times))),
+            (frame_index, pa.array(indices.astype(np.int32), pa.int32(), mask=indices < 0)),
+            (decoder, pa.array(decoders, pa.string(), mask=decoders == "")),
+            (orientation, pa.array(cols["orientation"].astype(np.int16), pa.int16())),
+            (rotation, pa.array(cols["rotation"].astype(np.int16), pa.int16())),
+            (xmp_name, pa.array(names, pa.string(), mask=names == "")),
         ])
         step = self.options.max_rows_per_file
         return [table.slice(i, step) for i in range(0, n, step)]

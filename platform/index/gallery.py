@@ -3,7 +3,8 @@
     INDEX_DIR/gallery/faces-v{N}.parquet   id, name, source, content_hash, embedding, model_id, added_at
     INDEX_DIR/gallery/faiss-v{N}.index     IndexIDMap2 over the same ids (see faiss_index.py)
     INDEX_DIR/manifest.json  "gallery"     version N, the two file names, index type + parameters,
-                                           counts, model id, embedding size, thresholds, next id
+                                           counts, model id, embedding size, thresholds, next id,
+                                           the model's spec ("model") and flip mode
 
 Two decision thresholds (squared L2) are stored with the model's identity: ``threshold``, the 1:1
 verification threshold (two faces are the same person), and ``identify_threshold``, the stricter
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 
 from facenet_platform.core.errors import ConfigError, DatasetError
 from facenet_platform.core.facetable import fixed_size_list
+from facenet_platform.core.model_spec import ModelSpec
 
 from . import faiss_index as fx
 from .layout import IndexLayout, read_manifest, update_manifest
@@ -140,9 +142,14 @@ class Gallery:
         index_type: ``"auto"`` or a key of :data:`~facenet_platform.index.faiss_index.INDEX_TYPES`.
         index_params: overrides of the type's parameters (``{"efSearch": 256}``).
         auto_threshold: above this many faces ``"auto"`` picks the approximate index.
-        pipeline: settings of the pipeline that embeds the faces (model, crop, standardization;
-            :func:`~facenet_platform.index.identify.describe_pipeline`), checked against the
-            pipeline of later identifications when known.
+        spec: the :class:`~facenet_platform.core.model_spec.ModelSpec` of the model (with the
+            crop really used) that embeds the faces; recorded in the manifest and checked
+            against the pipeline of later enrollments and identifications
+            (:meth:`check_model`).
+        flip: the embedder's flip mode (``"none"``, ``"mean"``, ``"concat"``), recorded beside
+            the spec.
+        legacy_pipeline: the settings dict a gallery saved before specs were recorded (read
+            from old manifests, compared where it has a value; replaced by ``spec`` on save).
     """
 
     def __init__(self, layout: IndexLayout, *, model_id: str, embedding_size: int,
@@ -150,7 +157,8 @@ class Gallery:
                  index_type: str = "auto",
                  index_params: dict[str, Any] | None = None,
                  auto_threshold: int = fx.DEFAULT_AUTO_THRESHOLD,
-                 pipeline: dict[str, Any] | None = None):
+                 spec: ModelSpec | None = None, flip: str | None = None,
+                 legacy_pipeline: dict[str, Any] | None = None):
         if index_type != "auto":
             fx.get_index_type(index_type)
         if auto_threshold < 0:
@@ -189,7 +197,12 @@ class Gallery:
         self.index_type_setting = index_type
         self.index_param_overrides = dict(index_params or {})
         self.auto_threshold = int(auto_threshold)
-        self.pipeline = dict(pipeline) if pipeline else None
+        if spec is not None and spec.model_id != model_id:
+            raise ConfigError(f"the gallery's model id {model_id!r} is not its spec's "
+                              f"{spec.model_id!r}")
+        self.spec: ModelSpec | None = spec
+        self.flip = flip
+        self.legacy_pipeline = dict(legacy_pipeline) if legacy_pipeline else None
         self.version = 0
         self._next_id = 0
         self._meta_rows = _empty_meta()
@@ -231,19 +244,25 @@ class Gallery:
 
     @classmethod
     def create(cls, index_dir, *, model_id: str | None = None, embedding_size: int | None = None,
-               **kwargs) -> "Gallery":
+               spec: ModelSpec | None = None, **kwargs) -> "Gallery":
         """A new empty gallery for ``index_dir`` (nothing is written until :meth:`save`).
 
-        Defaults to the pretrained model's id and embedding size. Raises :class:`GalleryError`
-        when the directory already has a gallery.
+        Model id, embedding size and thresholds default to ``spec``'s (the pretrained model's
+        without one). Raises :class:`GalleryError` when the directory already has a gallery.
         """
         from facenet_platform.core.weights import PRETRAINED
 
         layout = IndexLayout.open(index_dir)
         if SECTION in read_manifest(layout):
             raise GalleryError(f"{layout.root} already has a gallery; load it instead")
-        return cls(layout, model_id=model_id or PRETRAINED.model_id,
-                   embedding_size=embedding_size or PRETRAINED.embedding_size, **kwargs)
+        if spec is not None:
+            kwargs.setdefault("threshold", spec.threshold)
+            kwargs.setdefault("identify_threshold", spec.identify_threshold)
+            factor = 2 if kwargs.get("flip") == "concat" else 1
+            embedding_size = embedding_size or spec.embedding_size * factor
+        model = spec or PRETRAINED
+        return cls(layout, model_id=model_id or model.model_id,
+                   embedding_size=embedding_size or model.embedding_size, spec=spec, **kwargs)
 
     @classmethod
     def open(cls, index_dir, *, mmap: bool = True, **create_kwargs) -> "Gallery":
@@ -290,7 +309,8 @@ class Gallery:
                           index_type=section.get("index_type_setting", "auto"),
                           index_params=section.get("index_param_overrides"),
                           auto_threshold=section.get("auto_threshold", fx.DEFAULT_AUTO_THRESHOLD),
-                          pipeline=section.get("pipeline"))
+                          spec=_section_spec(section, layout), flip=section.get("flip"),
+                          legacy_pipeline=section.get("pipeline"))
             gallery.version = int(section["version"])
             gallery._next_id = int(section["next_id"])
             faces_file = layout.path(section["faces"])
@@ -372,6 +392,36 @@ class Gallery:
         if self._identify_threshold is not None:
             return "fixed"
         return "verification" if self._identify_fallback else "pretrained"
+
+    def check_model(self, spec: ModelSpec, flip: str = "none") -> None:
+        """Raise :class:`GalleryError` unless a pipeline with this model spec (crop included)
+        and flip mode embeds like the gallery's faces were embedded: same model id and
+        embedding size, and the same crop, standardization and flip where the gallery recorded
+        them (a gallery enrolled with another standardization gives meaningless distances)."""
+        size = spec.embedding_size * (2 if flip == "concat" else 1)
+        if spec.model_id != self.model_id or size != self.embedding_size:
+            raise GalleryError(
+                f"the gallery of {self.layout.root} holds {self.embedding_size}-d embeddings of "
+                f"model {self.model_id!r}, but the pipeline produces {size}-d embeddings of "
+                f"{spec.model_id!r}; use the same model or enroll again")
+        recorded: dict[str, Any] = {}
+        if self.spec is not None:
+            recorded = self.spec.embedding_space()
+        elif self.legacy_pipeline:
+            old = self.legacy_pipeline
+            recorded = {"standardization": old.get("standardization"),
+                        "alignment": old.get("alignment"), "margin": old.get("margin"),
+                        "input_size": old.get("image_size")}
+        differ = {k: (theirs, ours) for k, (ours, theirs) in spec.differences(recorded).items()}
+        recorded_flip = self.flip if self.spec is not None else (
+            self.legacy_pipeline or {}).get("flip")
+        if recorded_flip is not None and recorded_flip != flip:
+            differ["flip"] = (recorded_flip, flip)
+        if differ:
+            detail = ", ".join(f"{k}: gallery {a!r}, now {b!r}" for k, (a, b) in differ.items())
+            raise GalleryError(f"the gallery of {self.layout.root} was enrolled with other "
+                               f"pipeline settings ({detail}); use the same settings or enroll "
+                               "again")
 
     def is_current(self) -> bool:
         """Whether the manifest still names the version this gallery was loaded from or saved as
@@ -578,7 +628,10 @@ class Gallery:
             "threshold_source": "pretrained" if self._threshold is None else "fixed",
             "identify_threshold": self.identify_threshold,
             "identify_threshold_source": self.identify_threshold_source,
-            "pipeline": self.pipeline,
+            "model": self.spec.to_metadata() if self.spec is not None else None,
+            "flip": self.flip,
+            **({"pipeline": self.legacy_pipeline}
+               if self.spec is None and self.legacy_pipeline else {}),
             "next_id": self._next_id,
         })
         self.version = version
@@ -735,6 +788,13 @@ def _load_index(layout: IndexLayout, path: str, type_name: str, *, mmap: bool):
         return fx.deserialize_index(layout.read_bytes(path))
     except (RuntimeError, OSError) as exc:
         raise GalleryError(f"{path}: cannot read the FAISS index ({str(exc).splitlines()[0]})") from exc
+
+
+def _section_spec(section: dict[str, Any], layout: IndexLayout) -> ModelSpec | None:
+    """The model spec a gallery manifest records (None in manifests from before specs)."""
+    if not section.get("model"):
+        return None
+    return ModelSpec.from_metadata(section["model"], where=f"{layout.manifest} gallery.model")
 
 
 def check_threshold(value, what: str = "threshold") -> float:

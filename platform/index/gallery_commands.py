@@ -27,7 +27,7 @@ PROG = "facenet-platform"
 def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._SubParsersAction) -> None:
     """Add ``enroll``, ``add-identity``, ``remove-identity``, ``cluster`` to the ``index`` group
     and ``identify`` to the top level."""
-    from . import people_clusters as cl
+    from . import people_cluster_defaults as cl
     from .faiss_index import DEFAULT_AUTO_THRESHOLD, INDEX_TYPES
 
     index_types = ["auto", *INDEX_TYPES]
@@ -43,7 +43,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
                         f"(default {DEFAULT_AUTO_THRESHOLD})")
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_enroll)
+    p.set_defaults(handler=cmd_enroll, needs_model=True)
 
     p = index_sub.add_parser("add-identity", help="enroll photos of one person")
     p.add_argument("name", help="the person's name")
@@ -51,7 +51,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     _index_option(p)
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_add_identity)
+    p.set_defaults(handler=cmd_add_identity, needs_model=True)
 
     p = index_sub.add_parser("remove-identity", help="remove a person from the gallery")
     p.add_argument("name", help="the person's name")
@@ -67,7 +67,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--min-faces", type=int, default=None,
                    help=f"smallest cluster kept; smaller groups stay unassigned "
                         f"(default {cl.DEFAULT_MIN_FACES})")
-    p.add_argument("--algorithm", choices=sorted(cl.CLUSTERERS), default=None,
+    p.add_argument("--algorithm", choices=sorted(cl.ALGORITHMS), default=None,
                    help=f"clustering on the k-NN graph (default {cl.DEFAULT_ALGORITHM})")
     p.add_argument("--neighbors", type=int, default=None,
                    help=f"k of the k-NN graph (default {cl.DEFAULT_NEIGHBORS})")
@@ -90,7 +90,7 @@ def register(index_sub: argparse._SubParsersAction, top_subparsers: argparse._Su
     p.add_argument("--batch-size", type=int, default=16, help="photos per detection batch")
     p.add_argument("--json", action="store_true", help="print one JSON list, an object per image")
     _pipeline_options(p)
-    p.set_defaults(handler=cmd_identify)
+    p.set_defaults(handler=cmd_identify, needs_model=True)
 
 
 def _index_option(p: argparse.ArgumentParser) -> None:
@@ -99,9 +99,9 @@ def _index_option(p: argparse.ArgumentParser) -> None:
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
-    from facenet_platform.core.commands import _add_pipeline_options
+    from facenet_platform.core.commands import add_pipeline_options
 
-    _add_pipeline_options(p)
+    add_pipeline_options(p)
 
 
 def build_pipeline(args: argparse.Namespace):
@@ -154,15 +154,15 @@ def _embed_photos(pipeline, items, batch_size: int):
 
 def _open_gallery(args, pipeline, **settings):
     from .gallery import Gallery
-    from .identify import check_compatible, describe_pipeline
+    from .identify import check_compatible
 
-    gallery = Gallery.open(args.index_dir, model_id=pipeline.embedder.model_id,
+    gallery = Gallery.open(args.index_dir, spec=pipeline.spec, flip=pipeline.embedder.flip,
                            embedding_size=pipeline.embedder.embedding_size,
-                           threshold=pipeline.threshold, pipeline=describe_pipeline(pipeline),
+                           threshold=pipeline.threshold,
                            **{k: v for k, v in settings.items() if v is not None})
     check_compatible(pipeline, gallery)
-    if gallery.pipeline is None:  # a gallery from before the settings were recorded
-        gallery.pipeline = describe_pipeline(pipeline)
+    if gallery.spec is None:  # a gallery from before the model spec was recorded
+        gallery.spec, gallery.flip = pipeline.spec, pipeline.embedder.flip
     return gallery
 
 
@@ -339,9 +339,6 @@ def _who(match) -> str:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from .people_clusters import cluster_index
 
-    print(f"{PROG}: note: `index cluster` is deprecated: `people update` gives faces to people "
-          f"that keep their names and decisions (`people update --metrics`, `people show "
-          f"PERSON --sheet PNG`)", file=sys.stderr)
     summary = cluster_index(
         args.index_dir, max_distance=args.max_distance, min_faces=args.min_faces,
         algorithm=args.algorithm, neighbors=args.neighbors, recluster=args.recluster,
@@ -352,4 +349,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print(summary.text())
+    print(f"{PROG}: note: `index cluster` is deprecated: `people update` gives faces to people "
+          f"that keep their names and decisions (`people update --metrics`, `people show "
+          f"PERSON --sheet PNG`)", file=sys.stderr)
     return 0

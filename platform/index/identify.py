@@ -28,13 +28,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from facenet_platform.core.errors import ConfigError
+from facenet_platform.core.pipeline import face_json
 
-from .gallery import UNKNOWN, Gallery, GalleryError, Match, check_threshold
+from .gallery import UNKNOWN, Gallery, Match, check_threshold
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["UNKNOWN", "IdentifiedFace", "Match", "check_compatible", "decide", "decide_face",
-           "describe_pipeline", "face_quality_of", "identify_faces"]
+           "face_quality_of", "identify_faces"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,13 @@ class IdentifiedFace:
         return self.matches[0].distance if self.matches else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON face object of ``identify --json`` and of the Serve endpoint."""
-        return {
-            "box": [round(float(v), 1) for v in self.box],
-            "score": round(float(self.score), 5),
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks],
-            "decision": self.decision,
-            "matches": [m.to_dict() for m in self.matches],
-            "person": self.person,
-            "quality": None if self.quality is None else round(float(self.quality), 4),
-            "reason": self.reason,
-        }
+        """The JSON face object of ``identify --json`` and of the Serve endpoint
+        (:func:`~facenet_platform.core.pipeline.face_json` + decision, matches, person,
+        quality and reason)."""
+        return {**face_json(self.box, self.score, self.landmarks), "decision": self.decision,
+                "matches": [m.to_dict() for m in self.matches], "person": self.person,
+                "quality": None if self.quality is None else round(float(self.quality), 4),
+                "reason": self.reason}
 
 
 def decide(matches: Sequence[Match], threshold: float) -> str:
@@ -138,44 +135,10 @@ def face_quality_of(pipeline, image: np.ndarray, faces) -> np.ndarray:
     return face_quality(scores, boxes, landmarks, sharpness(crops))
 
 
-def describe_pipeline(pipeline) -> dict[str, Any]:
-    """The settings of a FacePipeline that decide its embedding space (recorded by the gallery).
-
-    The backend (Keras, ONNX, int8) is left out: it changes embeddings only slightly, not the
-    space. Settings a pipeline does not expose are None (and never compared).
-    """
-    embedder, aligner = pipeline.embedder, pipeline.aligner
-    return {
-        "model_id": embedder.model_id,
-        "embedding_size": int(embedder.embedding_size),
-        "standardization": getattr(embedder, "standardization", None),
-        "flip": getattr(embedder, "flip", None),
-        "alignment": getattr(aligner, "method", None),
-        "margin": (float(aligner.margin) if getattr(aligner, "margin", None) is not None else None),
-        "image_size": getattr(aligner, "image_size", None),
-    }
-
-
 def check_compatible(pipeline, gallery: Gallery) -> None:
-    """Raise GalleryError unless the pipeline embeds like the gallery's faces were embedded:
-    same model and size, and the same crop/standardization settings where the gallery recorded
-    them (a gallery enrolled with another standardization would give meaningless distances)."""
-    model_id = pipeline.embedder.model_id
-    size = pipeline.embedder.embedding_size
-    if model_id != gallery.model_id or size != gallery.embedding_size:
-        raise GalleryError(
-            f"the gallery of {gallery.layout.root} holds {gallery.embedding_size}-d embeddings of "
-            f"model {gallery.model_id!r}, but the pipeline produces {size}-d embeddings of "
-            f"{model_id!r}; use the same model or enroll again"
-        )
-    recorded = gallery.pipeline or {}
-    current = describe_pipeline(pipeline)
-    differ = {k: (recorded[k], current[k]) for k in recorded
-              if k in current and None not in (recorded[k], current[k]) and recorded[k] != current[k]}
-    if differ:
-        detail = ", ".join(f"{k}: gallery {a!r}, now {b!r}" for k, (a, b) in differ.items())
-        raise GalleryError(f"the gallery of {gallery.layout.root} was enrolled with other pipeline "
-                           f"settings ({detail}); use the same settings or enroll again")
+    """Raise GalleryError unless ``pipeline`` embeds like the gallery's faces were embedded
+    (:meth:`Gallery.check_model` with the pipeline's spec, crop included, and flip mode)."""
+    gallery.check_model(pipeline.spec, getattr(pipeline.embedder, "flip", "none"))
 
 
 def identify_faces(pipeline, gallery: Gallery, images: Sequence[np.ndarray], top_k: int = 5,
@@ -206,17 +169,20 @@ def identify_faces(pipeline, gallery: Gallery, images: Sequence[np.ndarray], top
         matches = gallery.search(np.stack([f.embedding for f in faces]), top_k)
     else:
         matches = []
-    min_quality = float(getattr(gallery, "min_quality", 0.0))
+    # the people have a quality floor; a plain gallery has none (and no quality is computed)
+    min_quality = getattr(gallery, "min_quality", None)
     out: list[list[IdentifiedFace]] = []
     position = 0
     for image, image_faces in zip(images, per_image):
-        quality = face_quality_of(pipeline, image, image_faces)
+        quality = (face_quality_of(pipeline, image, image_faces) if min_quality is not None
+                   else [None] * len(image_faces))
         row = []
         for face, q in zip(image_faces, quality):
             m = matches[position]
             position += 1
-            decision, reason, person = decide_face(m, threshold, float(q), min_quality)
+            q = None if q is None else float(q)
+            decision, reason, person = decide_face(m, threshold, q, min_quality or 0.0)
             row.append(IdentifiedFace(face.index, face.box, face.landmarks, face.score,
-                                      decision, m, threshold, person, float(q), reason))
+                                      decision, m, threshold, person, q, reason))
         out.append(row)
     return out

@@ -6,7 +6,8 @@ copy of the current version, brings the derived data up to date (face and photo 
 the matching templates of the people whose faces changed) and writes the new version with its
 event. The CLI (``people ...``) and the Serve writer call these same functions.
 
-Decisions (what a person says):
+Decisions (what a person says; each takes an optional ``request_id`` so that a retried request
+is applied once, see :meth:`PeopleStore.transaction`):
 
 * :func:`name_person` -- a name another person has is refused (merge them instead);
 * :func:`merge_people` -- the first person absorbs the others (faces, rejections, gallery links);
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ from facenet_platform.core.errors import ConfigError
 from .face_ids import check_face_id
 from .layout import IndexLayout
 from .people_data import (
-    CollectionFaces, EnrolledFaces, embeddings_of, enrolled_faces, read_collection,
+    CollectionFaces, EnrolledFaces, embeddings_of, enrolled_faces, photo_keys, read_collection,
 )
 from .people_engine import PeopleOptions, person_templates, update_assignments
 from .people_store import (
@@ -51,9 +52,8 @@ __all__ = ["UpdateSummary", "merge_people", "move_faces", "name_person", "option
 
 #: ``move --to new``: the faces start a new person.
 NEW_PERSON = "new"
-#: Option names of PeopleOptions a run records in the people's settings.
-_OPTION_FIELDS = ("min_quality", "assign_distance", "cluster_distance", "min_faces", "neighbors",
-                  "template", "max_centroids", "approximate", "approximate_above", "seed")
+#: Option names of PeopleOptions a run records in the people's settings (all of them).
+_OPTION_FIELDS = tuple(f.name for f in fields(PeopleOptions))
 
 
 def _now() -> str:
@@ -79,10 +79,16 @@ def _store(index_dir) -> PeopleStore:
 # derived data: counts, covers, templates
 # =============================================================================================
 
-def refresh_people(state: PeopleState, pids: set[str] | None = None) -> None:
+def refresh_people(state: PeopleState, pids: set[str] | None = None,
+                   shots: dict[str, str] | None = None) -> None:
     """Face and photo counts and covers of ``pids`` (None: everyone); drops people left
-    without faces who have no name and no enrolled photos."""
+    without faces who have no name and no enrolled photos.
+
+    A photo is counted by its key: its shot id when it has one (``shots``, content hash ->
+    shot id: a RAW and its JPEG are one photo), else its content hash (a video is one photo
+    however many of its frames show the person)."""
     faces = state.faces
+    shots = shots or {}
     options = options_of(state.settings)
     if pids is None:
         pids = set(state.people)
@@ -113,7 +119,8 @@ def refresh_people(state: PeopleState, pids: set[str] | None = None) -> None:
             cover = str(faces.face_id[good[np.argmax(faces.quality[good])]]) if len(good) else None
         state.people[pid] = Person(person.id, person.name, person.hidden, cover,
                                    person.enrolled_as, person.created_at, int(len(rows)),
-                                   int(len(set(faces.content_hash[rows].tolist()))))
+                                   int(len({shots.get(h, h) for h in
+                                            faces.content_hash[rows].tolist()})))
 
 
 def _templates_for(layout: IndexLayout, state: PeopleState, pids: set[str],
@@ -152,7 +159,7 @@ def _finish(tx: Transaction, touched: set[str], *, faces_changed: bool) -> None:
     """Counts and covers of ``touched`` people; their templates when their faces changed."""
     state = tx.state
     touched = {p for p in touched if p}
-    refresh_people(state, touched)
+    refresh_people(state, touched, photo_keys(tx.store.layout) if touched else None)
     tx.counts_changed = True
     if faces_changed and touched:
         fresh = _templates_for(tx.store.layout, state, touched)
@@ -175,7 +182,8 @@ def _face_ids(faces: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def name_person(index_dir, person: str, name: str) -> Event | None:
+def name_person(index_dir, person: str, name: str, *, request_id: str | None = None
+                ) -> Event | None:
     """Give ``person`` (id or current name) the name ``name``.
 
     Raises:
@@ -185,12 +193,15 @@ def name_person(index_dir, person: str, name: str) -> Event | None:
     """
     name = check_person_name(name)
     store = _store(index_dir)
-    with store.transaction("name", {"person": person, "name": name}) as tx:
+    with store.transaction("name", {"person": person, "name": name},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         target = tx.state.person(person)
         other = tx.state.by_name(name)
         if other is not None and other.id != target.id:
             raise PeopleError(
-                f"{other.label} is already called {other.name!r}; if they are the same person "
+                f"{other.id} is already called {other.name!r}; if they are the same person "
                 f"as {target.id}, merge them: `facenet-platform people merge {other.id} "
                 f"{target.id} --index {store.layout.root}`")
         if target.name == name:
@@ -204,7 +215,7 @@ def name_person(index_dir, person: str, name: str) -> Event | None:
     return tx.event
 
 
-def merge_people(index_dir, people: Sequence[str]) -> Event:
+def merge_people(index_dir, people: Sequence[str], *, request_id: str | None = None) -> Event:
     """Merge ``people[1:]`` into ``people[0]`` (ids or names).
 
     The result keeps the first person's id, name and hidden flag (or, when the first has no
@@ -219,7 +230,10 @@ def merge_people(index_dir, people: Sequence[str]) -> Event:
     if len(people) < 2:
         raise PeopleError("merge needs at least two people: the one to keep, then the others")
     store = _store(index_dir)
-    with store.transaction("merge", {"people": list(people)}) as tx:
+    with store.transaction("merge", {"people": list(people)},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         chosen = [state.person(p) for p in people]
         ids = [p.id for p in chosen]
@@ -270,7 +284,8 @@ def merge_people(index_dir, people: Sequence[str]) -> Event:
     return tx.event
 
 
-def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
+def move_faces(index_dir, faces: Sequence[str], to: str, *, request_id: str | None = None
+               ) -> Event | None:
     """Put ``faces`` in person ``to`` (id or name, or ``"new"`` for a new person) and pin them
     there; a rejection of those faces for that person is lifted (the newer decision wins).
 
@@ -281,7 +296,10 @@ def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
     """
     ids = _face_ids(faces)
     store = _store(index_dir)
-    with store.transaction("move", {"faces": ids, "to": to}) as tx:
+    with store.transaction("move", {"faces": ids, "to": to},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         rows = state.faces.rows(ids)
         if to == NEW_PERSON:
@@ -308,7 +326,7 @@ def move_faces(index_dir, faces: Sequence[str], to: str) -> Event | None:
     return tx.event
 
 
-def reject_faces(index_dir, faces: Sequence[str]) -> Event:
+def reject_faces(index_dir, faces: Sequence[str], *, request_id: str | None = None) -> Event:
     """"Not this person": each face leaves its person and never goes back to it.
 
     Raises:
@@ -317,7 +335,10 @@ def reject_faces(index_dir, faces: Sequence[str]) -> Event:
     """
     ids = _face_ids(faces)
     store = _store(index_dir)
-    with store.transaction("reject", {"faces": ids}) as tx:
+    with store.transaction("reject", {"faces": ids},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         state = tx.state
         rows = state.faces.rows(ids)
         owners = state.faces.person[rows]
@@ -331,17 +352,21 @@ def reject_faces(index_dir, faces: Sequence[str]) -> Event:
         pinned[rows] = False
         state.faces = state.faces.with_people(person, pinned)
         state.rejections |= set(zip(ids, owners.tolist()))
+        labels = [state.people[p].label for p in sorted(set(owners.tolist()))]
         _finish(tx, set(owners.tolist()), faces_changed=True)
-        tx.summary = (f"rejected {len(ids)} face(s) from "
-                      f"{', '.join(sorted(set(owners.tolist())))}")
+        tx.summary = f"rejected {len(ids)} face(s) from {', '.join(labels)}"
     return tx.event
 
 
-def set_hidden(index_dir, person: str, hidden: bool) -> Event | None:
+def set_hidden(index_dir, person: str, hidden: bool, *, request_id: str | None = None
+               ) -> Event | None:
     """Hide (``hidden=True``) or show a person; None when it already was so."""
     store = _store(index_dir)
     kind = "hide" if hidden else "unhide"
-    with store.transaction(kind, {"person": person}) as tx:
+    with store.transaction(kind, {"person": person},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         target = tx.state.person(person)
         if target.hidden == hidden:
             tx.cancel()
@@ -353,7 +378,7 @@ def set_hidden(index_dir, person: str, hidden: bool) -> Event | None:
     return tx.event
 
 
-def undo(index_dir, event_id: int | None = None) -> Event:
+def undo(index_dir, event_id: int | None = None, *, request_id: str | None = None) -> Event:
     """Undo event ``event_id`` (default: the latest event not undone that is not an undo).
 
     Undoing an undo redoes its event. Raises :class:`UndoConflictError` when later events
@@ -363,7 +388,10 @@ def undo(index_dir, event_id: int | None = None) -> Event:
     store = _store(index_dir)
     if event_id is not None and (not isinstance(event_id, int) or event_id < 1):
         raise PeopleError(f"event ids are numbers from 1, got {event_id!r}")
-    with store.transaction("undo", {"event": event_id}) as tx:
+    with store.transaction("undo", {"event": event_id},
+                           request_id=request_id) as tx:
+        if tx.replayed is not None:
+            return tx.replayed
         if event_id is None:
             undone = store.undone()
             candidates = [e for e in store.history()
@@ -380,7 +408,7 @@ def undo(index_dir, event_id: int | None = None) -> Event:
         diff = store.event_diff(target.id)
         state, touched = undo_diff(tx.state, diff, target.id)
         tx.state = state
-        tx.args = {"event": target.id}
+        tx.args = {**tx.args, "event": target.id}
         tx.undoes = target.id
         faces_changed = bool(diff.num_rows) and "face" in set(diff.column("entity").to_pylist())
         rejections = "rejection" in set(diff.column("entity").to_pylist()) if diff.num_rows else False
@@ -433,6 +461,7 @@ class UpdateSummary:
     seconds: float = 0.0
     search_index: str = ""
     metrics: dict[str, Any] | None = None
+    xmp_seeded: dict[str, int] = field(default_factory=dict)  # XMP name -> faces seeded
 
     def to_dict(self) -> dict[str, Any]:
         from .people_clusters import size_histogram
@@ -465,6 +494,9 @@ class UpdateSummary:
             + (f", {self.enrolled_linked} from the enrolled gallery" if self.enrolled_linked
                else "") + f"); {self.seconds:.1f} s",
         ]
+        if self.xmp_seeded:
+            lines.append("xmp:      " + ", ".join(f"{n!r} {k} faces"
+                                                  for n, k in self.xmp_seeded.items()))
         if self.metrics is not None:
             hist = ", ".join(f"{k}: {v}" for k, v in size_histogram(self.sizes).items())
             lines.append(f"sizes:    {hist or 'none'}; largest {self.sizes[:10]}")
@@ -698,7 +730,7 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
         now = _now()
         for pid in set(new_person.tolist()) - {None} - before_people:
             state.people[pid] = Person(pid, created_at=now)
-        refresh_people(state)
+        refresh_people(state, shots=photo_keys(layout))
         tx.counts_changed = True
 
         ids, templates, own = person_templates(x, q, p_out, opts)
@@ -733,8 +765,15 @@ def update_people(index_dir, *, recluster: bool = False, min_quality: float | No
             tx.cancel()
         tx.summary = (f"{summary.mode}: {summary.new_faces} new faces, {summary.joined} joined "
                       f"people, {summary.new_people} new people, {summary.unassigned} to nobody")
+    from .people_xmp import seed_xmp_names
+
+    seeded = seed_xmp_names(store, faces)
+    if seeded:
+        summary.xmp_seeded = seeded
+        summary.named = sum(p.name is not None for p in store.load(templates=False)
+                            .people.values())
     summary.seconds = time.perf_counter() - t0
-    if tx.event is None:
+    if tx.event is None or seeded is not None:
         summary.version = store.version()
     return summary
 

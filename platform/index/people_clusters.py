@@ -48,6 +48,9 @@ from facenet_platform.core.errors import ConfigError, DatasetError
 
 from . import faiss_index as fx
 from .layout import IndexLayout, read_manifest, update_manifest
+from .people_cluster_defaults import (DEFAULT_ALGORITHM, DEFAULT_MAX_DISTANCE,
+                                      DEFAULT_MAX_THUMBNAILS, DEFAULT_MIN_FACES,
+                                      DEFAULT_NEIGHBORS)
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +58,6 @@ SECTION = "clusters"
 TABLE_NAME = "clusters.parquet"
 SHEETS_DIR = "sheets"
 
-#: Squared L2 distance under which two faces may be linked; stricter than the verification
-#: threshold (1.1) because a wrong link merges two people (chosen on LFW, bench_people_clusters.py).
-DEFAULT_MAX_DISTANCE = 0.7
-DEFAULT_MIN_FACES = 2
-DEFAULT_NEIGHBORS = 16
-DEFAULT_ALGORITHM = "chinese-whispers"
-DEFAULT_MAX_THUMBNAILS = 36
 THUMBNAIL_SIZE = 96
 UNASSIGNED = -1
 #: dbscan: neighbours within max_distance that make a face a core face (at least min_faces - 1).

@@ -1,10 +1,11 @@
-"""CLI of the people: ``people update|list|show|photos|name|merge|move|reject|hide|unhide|
-history|undo`` and the top-level ``search-face``.
+"""CLI of the people: ``people update|list|show|photos|export-xmp|name|merge|move|reject|hide|
+unhide|history|undo`` and the top-level ``search-face``.
 
     facenet-platform people update --index DIR [--recluster] [--min-quality Q] [--metrics] [--json]
     facenet-platform people list --index DIR [--named|--unnamed|--hidden|--all] [--min-faces N] [--json]
     facenet-platform people show PERSON --index DIR [--sheet PNG] [--json]
     facenet-platform people photos PERSON [--with PERSON...] --index DIR [--json | -o photos.parquet]
+    facenet-platform people export-xmp --index DIR [--json]
     facenet-platform people name PERSON NAME --index DIR
     facenet-platform people merge PERSON PERSON... --index DIR
     facenet-platform people move FACE... --to PERSON|new --index DIR
@@ -129,6 +130,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write the photos to a Parquet file")
     p.set_defaults(handler=cmd_photos)
 
+    p = sub.add_parser("export-xmp", help="write named faces as .xmp sidecars next to the "
+                                          "photos (the photos are never rewritten)")
+    _index_option(p)
+    _json_option(p)
+    p.set_defaults(handler=cmd_export_xmp)
+
     p = sub.add_parser("name", help="name a person")
     p.add_argument("person", metavar="PERSON", help="person id (p17) or current name")
     p.add_argument("name", metavar="NAME", help="the new name")
@@ -178,9 +185,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _json_option(p)
     p.set_defaults(handler=cmd_undo)
 
-    for action in sub.choices.values():  # no model: no TensorFlow start-up
-        action.set_defaults(needs_tensorflow=False)
-
     p = subparsers.add_parser("search-face",
                               help="the collection's photos that contain the face in IMG")
     p.add_argument("image", type=Path, metavar="IMG", help="a photo of the face to look for")
@@ -192,10 +196,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all-faces", action="store_true",
                    help="search every face of IMG (default: its central face)")
     _json_option(p)
-    from facenet_platform.core.commands import _add_pipeline_options
+    from facenet_platform.core.commands import add_pipeline_options
 
-    _add_pipeline_options(p)
-    p.set_defaults(handler=cmd_search_face)
+    add_pipeline_options(p)
+    p.set_defaults(handler=cmd_search_face, needs_model=True)
 
 
 # ------------------------------------------------------------------------------- handlers
@@ -321,6 +325,14 @@ def cmd_photos(args: argparse.Namespace) -> int:
             faces = " ".join(f for pid in ids for f in photo["faces"][pid])
             print(f"{photo['path']}  ({faces})")
         print(f"{len(photos)} photos of {' with '.join(p.label for p in people)}")
+    return 0
+
+
+def cmd_export_xmp(args: argparse.Namespace) -> int:
+    from .people_xmp import export_xmp
+
+    summary = export_xmp(args.index_dir)
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.text())
     return 0
 
 

@@ -23,7 +23,7 @@ from .layout import IndexLayout, read_manifest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CollectionFaces", "embeddings_of", "enrolled_faces", "live_paths",
+__all__ = ["CollectionFaces", "embeddings_of", "enrolled_faces", "live_paths", "photo_keys",
            "read_collection", "face_details"]
 
 _COLUMNS = ("content_hash", "face_index", "path", "box", "landmarks", "score", "sharpness",
@@ -50,6 +50,8 @@ class CollectionFaces:
     quality: np.ndarray       # (N,) float32 in [0, 1]
     embedding: np.ndarray     # (N, D) float32 unit rows
     model_id: str | None
+    #: (N,) object: name of the XMP face region matched to the face ("" when none)
+    xmp_name: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.face_id))
@@ -86,7 +88,7 @@ def read_collection(layout: IndexLayout) -> CollectionFaces:
         raise DatasetError(f"{layout.root} has no indexed faces: run `facenet-platform index "
                            f"build PHOTOS --out {layout.root}` first")
     faces = store.read(FACES, commits=commits)
-    wanted = [c for c in (*_COLUMNS, "quality") if c in faces.column_names]
+    wanted = [c for c in (*_COLUMNS, "quality", "xmp_name") if c in faces.column_names]
     faces = live_faces(faces.select(wanted), live_content(store.read(FILES, commits=commits)))
     models = set(faces.column("model_id").unique().to_pylist()) if faces.num_rows else set()
     if len(models) > 1:
@@ -108,6 +110,9 @@ def read_collection(layout: IndexLayout) -> CollectionFaces:
         quality=quality[order],
         embedding=emb[order],
         model_id=models.pop() if models else None,
+        xmp_name=(np.asarray([n or "" for n in faces.column("xmp_name").to_pylist()],
+                             dtype=object)[order] if "xmp_name" in faces.column_names
+                  else np.full(len(ids), "", object)),
     )
     if len(out) > 1 and np.any(out.face_id[1:] == out.face_id[:-1]):
         raise DatasetError(f"{layout.root}: two faces share a face id; rebuild the index")
@@ -185,6 +190,24 @@ def live_paths(layout: IndexLayout) -> dict[str, list[str]]:
     return live_content(store.read(FILES)).paths
 
 
+def photo_keys(layout: IndexLayout) -> dict[str, str]:
+    """Content hash -> shot id of the live files that belong to a shot (a RAW and its JPEG,
+    :mod:`facenet_platform.core.media.pairing`); a photo's key in people views is its shot id
+    when it has one, else its content hash (a video is one content hash: one photo)."""
+    from .collection import latest_per_path
+
+    store = CollectionStore(layout)
+    files = store.read(FILES)
+    if files.num_rows == 0 or "shot_id" not in files.column_names:
+        return {}
+    latest = latest_per_path(files)
+    cols = latest.select(["content_hash", "shot_id", "status"]).to_pydict()
+    from .collection import STATUS_REMOVED
+
+    return {h: s for h, s, st in zip(cols["content_hash"], cols["shot_id"], cols["status"])
+            if s and st != STATUS_REMOVED}
+
+
 @dataclass(frozen=True)
 class EnrolledFaces:
     """The gallery's photos (``index enroll``): one row per enrolled face."""
@@ -212,15 +235,16 @@ class EnrolledFaces:
         return self.embeddings[self.names == name]
 
 
-def enrolled_faces(layout: IndexLayout) -> EnrolledFaces:
-    """Every enrolled face (empty when the index has no gallery)."""
-    section = read_manifest(layout).get("gallery")
-    if not section:
-        return EnrolledFaces(np.zeros(0, np.int64), np.zeros(0, object),
-                             np.zeros((0, 0), np.float32), None, 0)
-    from .gallery import Gallery
+def enrolled_faces(layout: IndexLayout, gallery=None) -> EnrolledFaces:
+    """Every enrolled face (empty when the index has no gallery); ``gallery``: the
+    :class:`~facenet_platform.index.gallery.Gallery` when the caller loaded it already."""
+    if gallery is None:
+        if not read_manifest(layout).get("gallery"):
+            return EnrolledFaces(np.zeros(0, np.int64), np.zeros(0, object),
+                                 np.zeros((0, 0), np.float32), None, 0)
+        from .gallery import Gallery
 
-    gallery = Gallery.load(layout, mmap=False)
+        gallery = Gallery.load(layout, mmap=False)
     ids, names, embeddings = gallery.enrolled_faces()
     return EnrolledFaces(ids, names.astype(object), fx.as_unit_rows(embeddings)
                          if len(embeddings) else embeddings, gallery.model_id, gallery.version)

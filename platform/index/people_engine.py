@@ -44,6 +44,11 @@ from . import people_knn as pk
 logger = logging.getLogger(__name__)
 
 TEMPLATE_KINDS = ("mean", "centroids")
+#: Faces above which the k-NN graph goes through HNSW. Lower than the gallery's switch
+#: (``faiss_index.DEFAULT_AUTO_THRESHOLD``, which is about one query's latency): the graph asks
+#: every face, so exact search costs N^2; on all of LFW (13,233 faces) HNSW gave the very same
+#: people (bench_people.py), and exact was 1.6x faster there, 80 vs 125 s on a loaded machine.
+APPROXIMATE_ABOVE = 20_000
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,17 @@ class PeopleOptions:
         seed: random seed of the clustering.
     """
 
-    min_quality: float = 0.3
+    min_quality: float = 0.1
     assign_distance: float = 0.8
     cluster_distance: float = 0.7
-    merge_distance: float | None = 1.0
+    merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
     neighbors: int = 16
     template: str = "mean"
     max_centroids: int = 3
     approximate: bool | None = None
-    approximate_above: int = fx.DEFAULT_AUTO_THRESHOLD
+    approximate_above: int = APPROXIMATE_ABOVE
     use_ray: bool | None = None
     seed: int = 0
 
@@ -288,12 +293,8 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
     if m == 0 or len(templates) == 0:
         reason[low] = "low_quality"
         return TemplateMatches(person, distance, reason)
-    import faiss
-
     k = int(min(len(templates), max(1, candidates)))
-    index = faiss.IndexFlatIP(templates.shape[1])
-    index.add(np.ascontiguousarray(templates, np.float32))
-    scores, hits = index.search(q, k)
+    scores, hits = pk.exact_top_k(q, templates, k)
     d = fx.to_squared_l2(scores)
     d[hits < 0] = np.inf
     who = np.where(hits >= 0, owner[np.clip(hits, 0, None)], -1)
@@ -424,10 +425,11 @@ def merge_groups(x: np.ndarray, labels: np.ndarray, graph: cl.KnnGraph, merge_di
     _, lab = np.unique(lab, return_inverse=True)
     lab = lab.reshape(-1)
     k = graph.neighbors.shape[1]
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    cols = graph.neighbors.reshape(-1)
-    keep = (cols >= 0) & (graph.distances.reshape(-1) <= candidates)
-    ei, ej = rows[keep], cols[keep]
+    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    dst = graph.neighbors.reshape(-1)
+    keep = (dst >= 0) & (graph.distances.reshape(-1) <= candidates)
+    ei, ej = src[keep], dst[keep]
+    del src, dst, keep
     group_of_link = None
     for _ in range(max_rounds):
         g = int(lab.max(initial=-1)) + 1
@@ -608,7 +610,7 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
     nodes, graph = _pool_graph(x, rest, older, options, knn)
     labels = cluster_graph(graph, x, options, weights=q[nodes], rows=nodes)
     n_groups = int(labels.max(initial=-1)) + 1
-    joins = _join_people(x, q, p, nodes, labels, n_groups, options)
+    joins = _join_people(x, q, out, nodes, labels, n_groups, options)
     for c in range(n_groups):
         members = nodes[labels == c]
         if joins[c] is None:
@@ -637,11 +639,7 @@ def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.nda
     people = _group_means(x, code[good_rows], w[good_rows], len(ids), rows=good_rows)
     inside = labels >= 0
     groups = _group_means(x, labels[inside], w[nodes[inside]], n_groups, rows=nodes[inside])
-    import faiss
-
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(np.ascontiguousarray(people))
-    ip, hit = index.search(np.ascontiguousarray(groups), 1)
+    ip, hit = pk.exact_top_k(groups, people, 1)
     linkage = 2.0 - 2.0 * ip[:, 0]
     for c in np.flatnonzero((hit[:, 0] >= 0) & (linkage <= options.merge_distance)):
         joins[int(c)] = str(ids[hit[c, 0]])

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import faiss_index as fx
-from .gallery import GalleryError, Match
+from .gallery import Gallery, GalleryError, Match
 from .layout import IndexLayout, read_manifest
 from .people_store import PeopleState, PeopleStore
 
@@ -65,8 +65,9 @@ class PeopleGallery:
         self.min_quality = float(min_quality)
         self.version = int(gallery_section.get("version", 0))
         self.people_version = state.version
-        self.pipeline = gallery_section.get("pipeline")
         self.index_type = "templates"
+        self._enrolled: Gallery | None = None      # the enrolled gallery, when there is one
+        self._collection_spec: dict | None = None  # the collection's recorded model spec
         self._index = None
         if len(templates):
             import faiss
@@ -109,7 +110,8 @@ class PeopleGallery:
         code = {p: i for i, p in enumerate(pids)}
         vectors = [tpl.vectors[keep]]
         owner = [np.array([code[p] for p in tpl.person[keep]], np.int64)]
-        enrolled = enrolled_faces(layout) if section else None
+        enrolled_gallery = Gallery.load(layout, mmap=False) if section else None
+        enrolled = enrolled_faces(layout, enrolled_gallery) if section else None
         if enrolled is not None and len(enrolled):
             loose = [n for n in enrolled.identities
                      if n not in linked and n not in hidden_names and n.casefold() not in named]
@@ -137,11 +139,36 @@ class PeopleGallery:
                       or PRETRAINED.model_id, embedding_size=size,
                       threshold=float(threshold), identify_threshold=options.assign_distance,
                       min_quality=options.min_quality)
+        gallery._enrolled = enrolled_gallery
+        gallery._collection_spec = (read_manifest(layout).get("collection") or {}).get("model")
         logger.info("people gallery of %s: %d people (%d named), %d templates", layout.root,
                     len(person_ids), sum(n is not None for n in names), len(templates))
         return gallery
 
     # -- the Gallery reading interface ------------------------------------------------------
+
+    def check_model(self, spec, flip: str = "none") -> None:
+        """Raise :class:`GalleryError` unless a pipeline with this model spec and flip mode
+        embeds like the people's faces were embedded: the collection's recorded model (crop,
+        standardization) and the enrolled gallery's."""
+        from facenet_platform.core.model_spec import ModelSpec
+
+        size = spec.embedding_size * (2 if flip == "concat" else 1)
+        if spec.model_id != self.model_id or size != self.embedding_size:
+            raise GalleryError(
+                f"the people of {self.layout.root} hold {self.embedding_size}-d embeddings of "
+                f"model {self.model_id!r}, but the pipeline produces {size}-d embeddings of "
+                f"{spec.model_id!r}; use the same model")
+        if self._collection_spec:
+            recorded = ModelSpec.from_metadata(self._collection_spec, "the collection's model")
+            differ = spec.differences(recorded.embedding_space())
+            if differ:
+                detail = ", ".join(f"{k}: collection {b!r}, now {a!r}"
+                                   for k, (a, b) in differ.items())
+                raise GalleryError(f"the collection of {self.layout.root} was indexed with other "
+                                   f"pipeline settings ({detail}); use the same settings")
+        if self._enrolled is not None:
+            self._enrolled.check_model(spec, flip)
 
     def __len__(self) -> int:
         return int(len(self.templates))

@@ -22,7 +22,7 @@ from facenet_platform.core.errors import ConfigError, DatasetError
 
 from . import faiss_index as fx
 from .layout import IndexLayout
-from .people_data import face_details, live_paths
+from .people_data import face_details, live_paths, photo_keys
 from .people_store import PeopleState, PeopleStore, Person
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ PHOTOS_SCHEMA = pa.schema([
     pa.field("paths", pa.list_(pa.string()), nullable=False),  # every live path
     pa.field("people", pa.list_(pa.string()), nullable=False),  # person ids asked for, in order
     pa.field("faces", pa.list_(pa.string()), nullable=False),   # their face ids in the photo
+    pa.field("shot_id", pa.string(), nullable=True),  # a RAW + JPEG shot: one photo
+    pa.field("best_face", pa.string(), nullable=False),  # the thumbnail (a video's best frame)
 ])
 
 
@@ -68,9 +70,11 @@ def list_people(state: PeopleState, which: str = "visible", min_faces: int = 0) 
 
 
 def face_rows(layout: IndexLayout, state: PeopleState, person: Person,
-              paths: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    """One dict per face of ``person``, best quality first: face id, photo, path, box,
-    quality, pinned."""
+              paths: dict[str, list[str]] | None = None,
+              shots: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One dict per face of ``person``, best quality first: face id, photo (its shot id when
+    it has one, else its content hash), path, box, quality, pinned."""
+    shots = photo_keys(layout) if shots is None else shots
     faces = state.faces
     rows = faces.members(person.id)
     rows = rows[np.argsort(-faces.quality[rows], kind="stable")]
@@ -82,6 +86,7 @@ def face_rows(layout: IndexLayout, state: PeopleState, person: Person,
         live = paths.get(faces.content_hash[r], [])
         detail = details.get(key, {})
         out.append({"face_id": faces.face_id[r], "content_hash": faces.content_hash[r],
+                    "photo": shots.get(faces.content_hash[r], faces.content_hash[r]),
                     "face_index": int(faces.face_index[r]),
                     "path": live[0] if live else detail.get("path"),
                     "box": [round(float(v), 1) for v in detail.get("box", [])],
@@ -91,35 +96,55 @@ def face_rows(layout: IndexLayout, state: PeopleState, person: Person,
 
 
 def person_photos(layout: IndexLayout, state: PeopleState, people: Sequence[Person],
-                  paths: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+                  paths: dict[str, list[str]] | None = None,
+                  shots: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The photos showing every one of ``people`` (live photos only), sorted by path.
 
+    A photo is its shot id when it has one (a RAW and its JPEG: one photo, ``shots`` from
+    :func:`~facenet_platform.index.people_data.photo_keys`), else its content hash (a video:
+    one photo however many frames show the person). Its thumbnail is the best-quality face of
+    the first person in it (for a video, the best frame).
+
     Returns:
-        One dict per photo: ``content_hash``, ``path``, ``paths``, ``people`` (ids) and
-        ``faces`` (per person, the face ids of that person in the photo).
+        One dict per photo: ``content_hash`` (the file of the best face), ``path`` (a live path
+        of that file), ``paths`` (every live path of the photo's files), ``shot_id`` (or None),
+        ``best_face`` (face id of the thumbnail), ``people`` (ids) and ``faces`` (per person,
+        the face ids of that person in the photo).
     """
     if not people:
         raise ConfigError("name at least one person")
     faces = state.faces
+    shots = photo_keys(layout) if shots is None else shots
     per_person = []
     for p in people:
         rows = faces.members(p.id)
-        by_photo: dict[str, list[str]] = {}
+        by_photo: dict[str, list[int]] = {}
         for r in rows:
-            by_photo.setdefault(faces.content_hash[r], []).append(faces.face_id[r])
+            h = faces.content_hash[r]
+            by_photo.setdefault(shots.get(h, h), []).append(int(r))
         per_person.append(by_photo)
     common = set(per_person[0])
     for by_photo in per_person[1:]:
         common &= set(by_photo)
     paths = live_paths(layout) if paths is None else paths
     out = []
-    for h in common:
-        live = paths.get(h)
+    for key in common:
+        rows = [r for by_photo in per_person for r in by_photo[key]]
+        hashes = sorted({faces.content_hash[r] for r in rows})
+        live = sorted(p for h in hashes for p in paths.get(h, []))
         if not live:
             continue  # a photo gone from the collection (its pinned faces are remembered)
-        out.append({"content_hash": h, "path": live[0], "paths": live,
+        first = [r for r in per_person[0][key] if faces.content_hash[r] in paths] \
+            or per_person[0][key]
+        best = max(first, key=lambda r: (float(faces.quality[r]), faces.face_id[r]))
+        h = faces.content_hash[best]
+        shown = paths.get(h) or live
+        out.append({"content_hash": h, "path": shown[0], "paths": live,
+                    "shot_id": shots.get(h),
+                    "best_face": faces.face_id[best],
                     "people": [p.id for p in people],
-                    "faces": {p.id: sorted(by_photo[h]) for p, by_photo in zip(people, per_person)}})
+                    "faces": {p.id: sorted(faces.face_id[r] for r in by_photo[key])
+                              for p, by_photo in zip(people, per_person)}})
     return sorted(out, key=lambda d: d["path"])
 
 
@@ -134,7 +159,8 @@ def write_photos_parquet(photos: list[dict[str, Any]], output: str | os.PathLike
     name = os.fspath(output).rsplit("/", 1)[-1]
     table = pa.Table.from_pylist([
         {"content_hash": d["content_hash"], "path": d["path"], "paths": d["paths"],
-         "people": d["people"], "faces": [f for p in d["people"] for f in d["faces"][p]]}
+         "people": d["people"], "faces": [f for p in d["people"] for f in d["faces"][p]],
+         "shot_id": d.get("shot_id"), "best_face": d["best_face"]}
         for d in photos], schema=PHOTOS_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")

@@ -7,7 +7,9 @@
       tables/faces-<N>.parquet         one row per face known to the people (FACES_SCHEMA)
       tables/rejections-<N>.parquet    (face, person) pairs: "not this person" (REJECTIONS_SCHEMA)
       tables/templates-<N>.parquet     per-person matching templates (templates_schema)
-      tables/search-<N>.faiss          FAISS index over every face's embedding (search-face)
+      tables/search-<N>.faiss          the k-NN index of people update over every face (and
+                                       enrolled photo), extended run after run; search-face's
+      tables/search-<N>.ids.parquet    its row keys: face id, or g<gallery id>
       events/<N>.json                  the decision that made version N (kind, args, summary)
       events/<N>.diff.parquet          what it changed, before and after (DIFF_SCHEMA; undo)
       LOCK                             held by the writer (locking.WriterLock)
@@ -77,6 +79,8 @@ KEEP_VERSIONS = 3
 #: can kill it with SIGKILL at that point).
 FAULTS_ENV = "FACENET_PEOPLE_FAULTS"
 _FAULT_EXIT_CODE = 75
+#: Events searched for a repeated ``request_id`` (see :meth:`PeopleStore.transaction`).
+REPLAY_WINDOW = 200
 #: Longest person name accepted (characters).
 MAX_NAME_LENGTH = 200
 #: Words that cannot be names: the identify decision for nobody, and ``move --to new``.
@@ -816,23 +820,39 @@ class PeopleStore:
     # -- writing -----------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, kind: str, args: Mapping[str, Any] | None = None) -> Iterator["Transaction"]:
+    def transaction(self, kind: str, args: Mapping[str, Any] | None = None, *,
+                    request_id: str | None = None) -> Iterator["Transaction"]:
         """Change the people: ``with store.transaction("name", {...}) as tx: tx.state...``.
 
         The block gets the current version in ``tx.state`` (a copy: change it freely) and sets
         ``tx.summary``; leaving the block normally writes the new version (unless
         ``tx.state`` equals what was loaded, or ``tx.cancel()`` was called); an exception
         writes nothing. One transaction at a time per index (:class:`PeopleBusyError`).
+
+        ``request_id``: a caller's id for this change (a Serve request retried after a writer
+        died). It is recorded in the event's args; when one of the last
+        :data:`REPLAY_WINDOW` events already carries it, ``tx.replayed`` is that event and the
+        block must change nothing (it is cancelled): a retried decision is applied once.
         """
         owner = f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
         self.lock.acquire(owner, kind=kind)
         try:
             self._clean_leftovers()
             before = self.load()
-            tx = Transaction(self, kind, dict(args or {}), before)
+            args = dict(args or {})
+            if request_id is not None:
+                args["request_id"] = str(request_id)
+            tx = Transaction(self, kind, args, before)
+            if request_id is not None:
+                tx.replayed = next((e for e in reversed(self.history(REPLAY_WINDOW))
+                                    if e.args.get("request_id") == str(request_id)), None)
+                if tx.replayed is not None:
+                    tx.cancel()
             yield tx
             if not tx.cancelled:
                 tx.event = self._commit(tx)
+            elif tx.replayed is not None:
+                tx.event = tx.replayed
         finally:
             self.lock.release(owner)
 
@@ -1023,6 +1043,7 @@ class Transaction:
         self.undoes: int | None = None
         self.event: Event | None = None
         self.cancelled = False
+        self.replayed: Event | None = None
 
     @property
     def next_version(self) -> int:

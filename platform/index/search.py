@@ -229,6 +229,25 @@ def _dead_faces(paths: list[str], fs: pafs.FileSystem, dead: frozenset[str]) -> 
                                value_set=pa.array(sorted(dead), pa.string()))).as_py() or 0)
 
 
+def _check_collection_spec(layout: IndexLayout, gallery) -> None:
+    """ConfigError when the collection's model spec (crop, standardization) is not the one the
+    gallery was enrolled with: same model id, other settings, incomparable embeddings."""
+    from facenet_platform.core.model_spec import ModelSpec
+
+    from .gallery import GalleryError
+    from .layout import read_manifest
+
+    recorded = (read_manifest(layout).get("collection") or {}).get("model")
+    if not recorded:
+        return  # a collection from before the spec was recorded
+    spec = ModelSpec.from_metadata(recorded, where=f"{layout.manifest} collection.model")
+    try:
+        gallery.check_model(spec)
+    except GalleryError as exc:
+        raise ConfigError(f"the collection's faces cannot be searched against the gallery: "
+                          f"{exc}") from None
+
+
 def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | None = None,
                  output: str | os.PathLike | None = None,
                  options: SearchOptions | None = None) -> SearchSummary:
@@ -262,6 +281,8 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
     if models - {gallery.model_id}:
         raise ConfigError(f"the faces come from model(s) {sorted(models)} but the gallery from "
                           f"{gallery.model_id}: embeddings of different models cannot be compared")
+    if faces is None:
+        _check_collection_spec(layout, gallery)
 
     if output is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -322,9 +343,10 @@ def search_index(index_dir: str | os.PathLike, *, faces: str | os.PathLike | Non
                     pa.array(batch["name"].astype(str), pa.string()),
                     pa.array(batch["distance"], pa.float32()),
                     pa.array(batch["is_match"], pa.bool_()),
-                    pa.array(batch["person_id"].tolist(), pa.string()),
-                    pa.array(batch["quality"], pa.float32()).fill_null(float("nan")).cast(
-                        pa.float32()),
+                    # ids, or None (Ray Data may hand an all-None column back as NaNs)
+                    pa.array([p if isinstance(p, str) else None for p in batch["person_id"]],
+                             pa.string()),
+                    pa.array(np.asarray(batch["quality"], np.float32), pa.float32()),
                 ], schema=schema_out)
                 writer.write_table(table)
                 summary.rows += n

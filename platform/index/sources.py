@@ -3,8 +3,10 @@
 A SOURCE is one of:
 
 * a **directory** (local path or a URI such as ``s3://bucket/photos``): every file under it,
-  recursively, whose extension is an image extension
-  (:data:`facenet_platform.core.images.IMAGE_EXTENSIONS`); other files are counted as ignored.
+  recursively, whose extension is a photo or video extension
+  (:data:`facenet_platform.core.images.MEDIA_EXTENSIONS`: JPEG, PNG, WebP, GIF, BMP, TIFF,
+  HEIC/HEIF, AVIF, camera RAW, MP4/MOV/MKV/WebM/AVI); other files (``.xmp`` sidecars, ...) are
+  counted as ignored. The extension only picks files; decoding reads the content.
   Hidden files and folders (names starting with ``.``, e.g. ``.git``, macOS ``._x.jpg``
   resource forks) are skipped.
 * a **glob** (``photos/**/*.jpg``, ``s3://bucket/2024-*/*``): the matching files, filtered to
@@ -35,7 +37,7 @@ from typing import Iterable, Sequence
 import pyarrow.fs as pafs
 
 from facenet_platform.core.errors import DatasetError
-from facenet_platform.core.images import IMAGE_EXTENSIONS
+from facenet_platform.core.images import MEDIA_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS
 
 
 def _hidden(name: str) -> bool:

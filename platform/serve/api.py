@@ -18,24 +18,19 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from facenet_platform.core.errors import (
-    ConfigError,
-    ImageError,
-    ImageTooLargeError,
-    NoFaceFoundError,
-)
-from facenet_platform.index.face_ids import FaceIdError, check_face_id
+from facenet_platform.core.errors import NoFaceFoundError
+from facenet_platform.index.face_ids import check_face_id
 from facenet_platform.index.gallery import GalleryError
 
 from .auth import KeyRing
-from .catalog import PhotoIdError, check_photo_id
+from .catalog import check_photo_id
 from .config import INGRESS, AppArgs
-from .deployments import Detected, Failure, Thumbnail, WriteResult
+from .deployments import Detected, Thumbnail, WriteResult
+from .http_errors import Failure, http_status
 from .people_api import PeopleRoutes
 from .thumbnails import FACE_SIZES, PHOTO_SIZES, snap_size
 from .uploads import (
     BadUpload,
-    BodyTooLarge,
     all_uploads,
     named_uploads,
     read_body,
@@ -179,30 +174,18 @@ class FaceAPI(PeopleRoutes):
         except ApiError as exc:
             status = exc.status
             raise
-        except (BodyTooLarge, ImageTooLargeError) as exc:
-            status = 413
-            code = "body_too_large" if isinstance(exc, BodyTooLarge) else "image_too_large"
-            raise ApiError(413, code, str(exc)) from None
-        except (BadUpload, ImageError) as exc:
-            status = 400
-            raise ApiError(400, "bad_image" if isinstance(exc, ImageError) else "bad_upload",
-                           str(exc)) from None
-        except NoFaceFoundError as exc:
-            status = 422
-            raise ApiError(422, "no_face", str(exc)) from None
-        except (FaceIdError, PhotoIdError) as exc:
-            status = 400
-            raise ApiError(400, "invalid_id", str(exc)) from None
-        except ConfigError as exc:
-            status = 400
-            raise ApiError(400, "bad_request", str(exc)) from None
-        except GalleryError as exc:
-            status = 503
-            logger.warning("%s: gallery error: %s", endpoint, exc)
-            raise ApiError(503, "gallery_unavailable", str(exc).splitlines()[0]) from None
-        except Exception:
-            logger.exception("%s failed", endpoint)
-            raise ApiError(500, "internal_error", "internal error (see the service logs)") from None
+        except Exception as exc:
+            mapped = http_status(exc)
+            if mapped is None:
+                logger.exception("%s failed", endpoint)
+                raise ApiError(500, "internal_error",
+                               "internal error (see the service logs)") from None
+            status, code = mapped
+            message = str(exc)
+            if isinstance(exc, GalleryError):
+                logger.warning("%s: gallery error: %s", endpoint, exc)
+                message = message.splitlines()[0]
+            raise ApiError(status, code, message) from None
         finally:
             self.stats.record(endpoint, status, time.perf_counter() - t0)
 
@@ -282,7 +265,7 @@ class FaceAPI(PeopleRoutes):
         return await self._run("verify", self._verify(request, threshold))
 
     async def _verify(self, request, threshold):
-        from facenet_platform.core.pipeline import Verification, squared_distance
+        from facenet_platform.core.pipeline import Verification, face_json, squared_distance
 
         uploads = named_uploads(request.headers.get("content-type"), await self._body(request),
                                 ("file1", "file2"))
@@ -296,10 +279,7 @@ class FaceAPI(PeopleRoutes):
         if threshold is None:
             threshold = (await self._model_info())["threshold"]
         result = Verification(squared_distance(embeddings[0], embeddings[1]), float(threshold))
-        faces = [{"box": [round(float(v), 1) for v in d.boxes[0]],
-                  "score": round(float(d.scores[0]), 5),
-                  "landmarks": [[round(float(x), 1), round(float(y), 1)]
-                                for x, y in d.landmarks[0]],
+        faces = [{**face_json(d.boxes[0], d.scores[0], d.landmarks[0]),
                   "faces_in_photo": d.n_detected} for d in found]
         return {**result.to_dict(), "faces": faces}
 
@@ -312,7 +292,7 @@ class FaceAPI(PeopleRoutes):
         return await self._run("embed", self._embed_faces(request, max_faces))
 
     async def _embed_faces(self, request, max_faces):
-        from facenet_platform.core.pipeline import Face
+        from facenet_platform.core.pipeline import face_json
 
         source, data = single_upload(request.headers.get("content-type"),
                                      await self._body(request))
@@ -320,8 +300,8 @@ class FaceAPI(PeopleRoutes):
         info = await self._model_info()
         embeddings = (await self._embed(det.crops) if len(det)
                       else np.zeros((0, info["embedding_size"]), np.float32))
-        faces = [Face(int(det.indices[i]), det.boxes[i], det.landmarks[i], float(det.scores[i]),
-                      embeddings[i]).to_dict(with_embedding=True) for i in range(len(det))]
+        faces = [face_json(det.boxes[i], det.scores[i], det.landmarks[i], index=int(det.indices[i]),
+                           embedding=embeddings[i]) for i in range(len(det))]
         return {"faces": faces, "image": {"width": det.width, "height": det.height},
                 "model_id": info["model_id"], "embedding_size": int(info["embedding_size"])}
 
@@ -348,9 +328,7 @@ class FaceAPI(PeopleRoutes):
         embeddings = await self._embed(np.concatenate([found[i].crops for i in keep]))
         hashes = [hashlib.sha256(uploads[i][1]).hexdigest() for i in keep]
         sources = [f"upload:{uploads[i][0]}:{hashes[j][:12]}" for j, i in enumerate(keep)]
-        info = await self._model_info()
-        model = {"model_id": info["model_id"], "embedding_size": info["embedding_size"],
-                 "threshold": info["threshold"]}
+        model = (await self._model_info())["spec"]  # a new gallery records the model's spec
         # Not retried on a dead writer: a write must not be applied twice (the content hashes
         # would make a second attempt a no-op anyway, but say so rather than guess).
         try:

@@ -37,6 +37,8 @@ from .config import (
 
 def build_app(args: AppArgs) -> Application:
     """The bound application for ``args`` (an :class:`AppArgs` or a plain dict of its fields)."""
+    from facenet_platform.core.factory import resolve_spec
+
     from .api import FaceAPI
     from .deployments import (
         Detector,
@@ -50,12 +52,14 @@ def build_app(args: AppArgs) -> Application:
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(dict(args or {}))
     options = args.serve_options()
+    # One spec for both sides: the detector cuts the crops the embedder's model takes.
+    spec = resolve_spec(args.model).to_metadata()
     detector = Detector.options(**options[DETECTOR]).bind(
-        min_face_size=args.min_face_size, threads=args.detector.thread_count())
+        spec, min_face_size=args.min_face_size, threads=args.detector.thread_count())
     embedder = Embedder.options(**options[EMBEDDER]).bind(
-        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
-        buckets=args.buckets(), backend=args.backend, model=args.model,
-        jit_compile=args.jit_compile, threads=args.embedder.thread_count())
+        spec, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
+        buckets=args.buckets(), backend=args.backend, jit_compile=args.jit_compile,
+        threads=args.embedder.thread_count())
     searcher = Searcher.options(**options[SEARCHER]).bind(args.index_dir)
     writer = GalleryWriter.options(**options[WRITER]).bind(args.index_dir)
     thumbnailer = Thumbnailer.options(**options[THUMBNAILER]).bind(

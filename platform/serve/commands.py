@@ -89,7 +89,9 @@ def _app_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto",
                    help="embedding backend (default auto: keras-bf16 on CPUs with native bf16, "
                         "else keras-fp32)")
-    g.add_argument("--model", default=None, help="a saved .keras model (default: pretrained)")
+    g.add_argument("--model", default=None,
+                   help="a trained model: checkpoint folder, .keras, SavedModel or .tflite "
+                        "(default: pretrained)")
     g.add_argument("--no-jit", action="store_true",
                    help="never XLA-compile the Keras model (default: the backend's choice)")
     g = p.add_argument_group("limits")

@@ -115,7 +115,8 @@ class AppArgs(BaseModel):
             bucket that holds it); None: 1, 4 and ``max_batch_size``.
         backend: embedding backend (``auto``: keras-bf16 on CPUs with native bf16, else
             keras-fp32; or ``keras-fp32``, ``keras-bf16``, ``onnx-fp32``, ``onnx-int8``).
-        model: a saved ``.keras`` model; None: the pretrained 20180408-102900 network.
+        model: a trained model (checkpoint folder, ``.keras``, SavedModel, ``.tflite``) whose
+            spec sets both the detector's crop and the embedder; None: the pretrained network.
         jit_compile: compile the Keras forward pass with XLA (None: the backend's default, off
             for both Keras backends on CPU).
         call_retries: times the ingress retries a call whose replica died (the calls are

@@ -37,20 +37,12 @@ from typing import Any, Sequence
 import numpy as np
 from ray import serve
 
-from facenet_platform.core.errors import ConfigError, ImageError, ImageTooLargeError
+from facenet_platform.core.errors import ConfigError, ImageError
 
 from .config import DETECTOR, EMBEDDER, PEOPLE, SEARCHER, THUMBNAILER, WRITER
+from .http_errors import Failure, failure_for
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An expected failure: the HTTP status and code the ingress answers with, and why."""
-
-    status: int
-    code: str
-    message: str
 
 
 @dataclass
@@ -84,17 +76,14 @@ def _replica_id() -> str:
 class Detector:
     """Decodes uploads and finds faces. Sync methods: Serve runs them in a thread pool."""
 
-    def __init__(self, min_face_size: int = 20, threads: int | None = None,
-                 margin: float | None = None, alignment: str | None = None,
-                 crop_size: int | None = None):
-        from facenet_platform.core.alignment import FaceAligner
-        from facenet_platform.core.detection import FaceDetector
-        from facenet_platform.core.weights import PRETRAINED
+    def __init__(self, spec: dict[str, Any], min_face_size: int = 20,
+                 threads: int | None = None):
+        """``spec``: the served model's ``ModelSpec.to_metadata()`` (its crop is cut here)."""
+        from facenet_platform.core.factory import build_detect_align, resolve_spec
 
-        self.detector = FaceDetector(min_face_size=min_face_size, num_threads=threads)
-        self.aligner = FaceAligner(image_size=crop_size or PRETRAINED.input_size,
-                                   margin=PRETRAINED.margin if margin is None else margin,
-                                   method=alignment or PRETRAINED.alignment)
+        self.spec = resolve_spec(spec)
+        self.detector, self.aligner = build_detect_align(self.spec, min_face_size=min_face_size,
+                                                         num_threads=threads)
         self.calls = Counter()
         self.seconds = 0.0
         logger.info("detector ready: %r, %r", self.detector, self.aligner)
@@ -104,10 +93,8 @@ class Detector:
 
         try:
             return decode_image(data, source=source, max_pixels=max_pixels)
-        except ImageTooLargeError as exc:
-            return Failure(413, "image_too_large", str(exc))
         except ImageError as exc:
-            return Failure(400, "bad_image", str(exc))
+            return failure_for(exc)
 
     def _result(self, image: np.ndarray, dets, indices: np.ndarray, n_detected: int) -> Detected:
         chosen = dets.take(indices)
@@ -150,7 +137,7 @@ class Detector:
 
     def ready(self) -> dict[str, Any]:
         return {"replica": _replica_id(), "aligner": repr(self.aligner),
-                "crop_size": self.aligner.image_size}
+                "crop_size": self.aligner.image_size, "model_id": self.spec.model_id}
 
     def stats(self) -> dict[str, Any]:
         n = self.calls["detect"] + self.calls["central"]
@@ -175,27 +162,29 @@ class Embedder:
     pad every forward pass to a fixed size, so one face must not pay for sixteen.
     """
 
-    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.01,
-                 buckets: Sequence[int] | None = None, backend: str = "auto",
-                 model: str | None = None, jit_compile: bool | None = None,
+    def __init__(self, spec: dict[str, Any], max_batch_size: int = 16,
+                 batch_wait_timeout_s: float = 0.01, buckets: Sequence[int] | None = None,
+                 backend: str = "auto", jit_compile: bool | None = None,
                  threads: int | None = None):
+        """``spec``: the served model's ``ModelSpec.to_metadata()`` (its weights are loaded)."""
         from facenet_platform.core.tensorflow_setup import start_tensorflow
 
         start_tensorflow(threads)  # thread pools before TensorFlow runs anything; quiet start-up
-        from facenet_platform.core.embedding import FaceEmbedder
+        from facenet_platform.core.factory import build_embedder, resolve_spec
 
         self.max_batch_size = int(max_batch_size)
         sizes = sorted(set(buckets or [self.max_batch_size]) | {self.max_batch_size})
         if backend.startswith("onnx"):
             sizes = [self.max_batch_size]  # ONNX Runtime takes any batch size: no padding
         t0 = time.perf_counter()
-        largest = FaceEmbedder(model, batch_size=sizes[-1], backend=backend,
-                               jit_compile=jit_compile)
+        spec = resolve_spec(spec)
+        largest = build_embedder(spec, batch_size=sizes[-1], backend=backend,
+                                 jit_compile=jit_compile)
         self._by_size = {sizes[-1]: largest}
         for size in sizes[:-1]:
-            self._by_size[size] = FaceEmbedder(
-                largest.model, batch_size=size, backend=backend, jit_compile=jit_compile,
-                model_id=largest.model_id, threshold=largest.threshold)
+            self._by_size[size] = build_embedder(spec, batch_size=size, backend=backend,
+                                                 jit_compile=jit_compile, network=largest.model)
+        self.spec = largest.spec
         self.sizes = sizes
         self.model_id = largest.model_id
         self.input_size = largest.input_size
@@ -243,7 +232,8 @@ class Embedder:
     def ready(self) -> dict[str, Any]:
         return {"replica": _replica_id(), "model_id": self.model_id,
                 "embedding_size": self.embedding_size, "input_size": self.input_size,
-                "threshold": self.threshold, "backend": self.backend}
+                "threshold": self.threshold, "backend": self.backend,
+                "spec": self.spec.to_metadata()}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -267,8 +257,15 @@ def _gallery_version(layout) -> int:
     return int(section.get("version", 0))
 
 
+def _spec(model: dict[str, Any] | None):
+    from facenet_platform.core.model_spec import ModelSpec
+
+    return None if model is None else ModelSpec.from_metadata(model, where="the served model")
+
+
 def _open_gallery(index_dir: str, *, mmap: bool, model: dict[str, Any] | None = None):
-    """The saved gallery of ``index_dir``, or a new empty one (version 0) when it has none.
+    """The saved gallery of ``index_dir``, or a new empty one (version 0) when it has none;
+    ``model``: the ``ModelSpec.to_metadata()`` of the served model (a new gallery records it).
 
     Retries a load that races with a writer deleting an old version under it.
     """
@@ -278,10 +275,7 @@ def _open_gallery(index_dir: str, *, mmap: bool, model: dict[str, Any] | None = 
     layout = IndexLayout.open(index_dir)
     for attempt in range(3):
         if "gallery" not in read_manifest(layout):
-            model = model or {}
-            return Gallery.create(index_dir, model_id=model.get("model_id"),
-                                  embedding_size=model.get("embedding_size"),
-                                  threshold=model.get("threshold"))
+            return Gallery.create(index_dir, spec=_spec(model), flip="none" if model else None)
         try:
             return Gallery.load(index_dir, mmap=mmap)
         except GalleryError:
@@ -448,17 +442,17 @@ class GalleryWriterImpl:
                 return result
             except UnknownIdentityError as exc:
                 self._gallery = None
-                return Failure(404, "unknown_identity", str(exc))
+                return failure_for(exc)
             except ConfigError as exc:
                 self._gallery = None
-                return Failure(400, "bad_request", str(exc))
+                return failure_for(exc)
             except GalleryError as exc:
                 # Most likely another writer saved in between: start again from disk.
                 self._gallery = None
                 self.failures += 1
                 logger.warning("gallery change failed (attempt %d): %s", attempt + 1, exc)
                 if attempt == 2:
-                    return Failure(503, "gallery_unavailable", str(exc))
+                    return failure_for(exc)
             except BaseException:
                 self._gallery = None
                 self.failures += 1
@@ -468,13 +462,20 @@ class GalleryWriterImpl:
     def add_sync(self, name: str, embeddings: np.ndarray, sources: list[str],
                  content_hashes: list[str], model: dict[str, Any] | None = None
                  ) -> WriteResult | Failure:
+        """Enroll the faces of ``name``; ``model``: the served model's spec metadata (checked
+        against the gallery's; 409 when the gallery holds another model's embeddings)."""
+        spec = _spec(model)
+
         def apply(gallery):
-            if model and (model.get("model_id") != gallery.model_id
-                          or int(model.get("embedding_size", 0)) != gallery.embedding_size):
-                return Failure(409, "model_mismatch",
-                               f"the gallery of {self.index_dir} holds {gallery.embedding_size}-d "
-                               f"embeddings of model {gallery.model_id!r} but this service "
-                               f"embeds with {model.get('model_id')!r}")
+            if spec is not None:
+                from facenet_platform.index.gallery import GalleryError
+
+                try:
+                    gallery.check_model(spec)
+                except GalleryError as exc:
+                    return Failure(409, "model_mismatch", str(exc))
+                if gallery.spec is None:  # a gallery from before the spec was recorded
+                    gallery.spec, gallery.flip = spec, "none"
             keep = [i for i, h in enumerate(content_hashes) if not gallery.has_photo(name, h)]
             # Also skip a photo sent twice in the same request.
             seen, unique = set(), []

@@ -132,6 +132,17 @@ class PeopleView:
         self._rows: Optional[dict[str, np.ndarray]] = None
         self._searcher = None
         self._live: Optional[dict[str, list[str]]] = None
+        self._shots: Optional[dict[str, str]] = None
+
+    def _shot_of(self, content_hash: str) -> str:
+        """The photo key of a content hash: its shot id (a RAW and its JPEG are one photo) or
+        its photo id (a video is one photo whatever the number of frames)."""
+        if self._shots is None:
+            from facenet_platform.index.people_data import photo_keys
+
+            self._shots = photo_keys(self.store.layout)
+        shot = self._shots.get(content_hash)
+        return f"shot:{shot}" if shot else photo_id(content_hash)
 
     @classmethod
     def load(cls, store: PeopleStore, catalog: PhotoCatalog) -> "PeopleView":
@@ -234,20 +245,34 @@ class PeopleView:
         faces = self.state.faces
         per_person = []
         for p in people:
-            by_photo: dict[str, list[str]] = {}
+            by_photo: dict[str, list[int]] = {}
             for r in self._person_rows().get(p.id, ()):
-                by_photo.setdefault(photo_id(str(faces.content_hash[r])), []).append(
-                    str(faces.face_id[r]))
+                by_photo.setdefault(self._shot_of(str(faces.content_hash[r])), []).append(int(r))
             per_person.append(by_photo)
         common = set(per_person[0])
         for by_photo in per_person[1:]:
             common &= set(by_photo)
-        live = sorted(h for h in common if self.catalog.photo(h) is not None)
+        shown: dict[str, tuple[str, str, list[str]]] = {}
+        for key in common:
+            rows = [r for r in per_person[0][key]
+                    if self.catalog.photo(photo_id(str(faces.content_hash[r]))) is not None]
+            if not rows:
+                continue
+            # the photo's thumbnail: the best face of the first person (a video's best frame)
+            best = max(rows, key=lambda r: (float(faces.quality[r]), str(faces.face_id[r])))
+            ids_of = sorted({photo_id(str(faces.content_hash[r]))
+                             for b in per_person for r in b[key]})
+            shown[key] = (photo_id(str(faces.content_hash[best])), str(faces.face_id[best]),
+                          [i for i in ids_of if self.catalog.photo(i) is not None])
+        live = sorted(shown, key=lambda k: shown[k][0])
         out = []
-        for pid in live[offset:offset + limit]:
+        for key in live[offset:offset + limit]:
+            pid, best_face, all_ids = shown[key]
             record = self.catalog.photo(pid)
             out.append({"photo_id": pid, "width": record.width, "height": record.height,
-                        "faces": {p.id: sorted(b[pid]) for p, b in zip(people, per_person)}})
+                        "photo_ids": all_ids, "best_face": best_face,
+                        "faces": {p.id: sorted(str(faces.face_id[r]) for r in b[key])
+                                  for p, b in zip(people, per_person)}})
         return {"photos": out, "total": len(live), "offset": offset, "limit": limit,
                 "people": ids, "people_version": self.version}
 

@@ -12,7 +12,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from facenet_platform.cli import _configure_logging
+    from facenet_platform.cli import configure_logging
     from facenet_platform.core.errors import FaceNetPlatformError
 
     from .commands import add_train_arguments, cmd_train
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
                         help="more logging (default: info; -vv debug)")
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    configure_logging(args.verbose)
     try:
         return cmd_train(args)
     except FaceNetPlatformError as exc:

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``export`` to the ``facenet-platform`` parser."""
     p = subparsers.add_parser("train", help="train or fine-tune an embedding network on Ray")
     add_train_arguments(p)
-    p.set_defaults(handler=cmd_train)
+    p.set_defaults(handler=cmd_train, needs_model=True)
 
     p = subparsers.add_parser("export", help="export a checkpoint: SavedModel, TFLite, TFLite int8")
     p.add_argument("checkpoint", type=Path,
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the input standardisation the network was trained with (default: the "
                         "checkpoint's config.yaml)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=cmd_export)
+    p.set_defaults(handler=cmd_export, needs_model=True)
 
 
 def load_train_config(args: argparse.Namespace):

@@ -93,7 +93,7 @@ class DataConfig:
     #: maximum random rotation in degrees (0 disables)
     random_rotate: float = 0.0
     #: ``fixed`` ((x - 127.5) / 128, how davidsandberg trained 20180408-102900) or
-    #: ``prewhiten`` (per image); the names of ``core.alignment.STANDARDIZATIONS``. Default: the
+    #: ``prewhiten`` (per image); the names of ``core.standardization.STANDARDIZATIONS``. Default: the
     #: pretrained model's (``fixed``) when fine-tuning, ``prewhiten`` from scratch. Checkpoints
     #: and exports record it, FaceEmbedder must use the same.
     standardization: Literal["prewhiten", "fixed"] | None = None

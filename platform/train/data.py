@@ -34,10 +34,9 @@ from typing import Iterable
 import numpy as np
 
 from facenet_platform.core.errors import DatasetError
+from facenet_platform.core.images import is_image_path
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def is_uri(path: str) -> bool:
@@ -72,7 +71,7 @@ def _list_folder_fs(root: str, min_images: int) -> dict[str, list[str]]:
     scheme = root.split("://", 1)[0]
     people: dict[str, list[str]] = {}
     for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.type != pafs.FileType.File or not info.path.lower().endswith(IMAGE_SUFFIXES):
+        if info.type != pafs.FileType.File or not is_image_path(info.path):
             continue
         rel = PurePosixPath(info.path).relative_to(PurePosixPath(base))
         if len(rel.parts) != 2:
@@ -147,9 +146,9 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 def standardize(x: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 crops -> float32 network input with ``core.alignment.STANDARDIZATIONS[mode]``
+    """uint8 crops -> float32 network input with ``core.standardization.STANDARDIZATIONS[mode]``
     (``prewhiten`` per image, ``fixed`` (x - 127.5) / 128), exactly as FaceEmbedder does."""
-    from facenet_platform.core.alignment import STANDARDIZATIONS
+    from facenet_platform.core.standardization import STANDARDIZATIONS
 
     if mode not in STANDARDIZATIONS:
         raise ValueError(f"unknown standardization {mode!r}; choices: {sorted(STANDARDIZATIONS)}")

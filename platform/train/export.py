@@ -27,17 +27,16 @@ Formats:
   float32 input/output) calibrated on a representative dataset of aligned faces.
 
 Every export gets a sidecar ``facenet_export.json`` (inside the SavedModel folder, or
-``<file>.tflite.json``) recording input size, embedding size, the standardisation the network
-expects and the validation threshold of the checkpoint.
+``<file>.tflite.json``) holding its :class:`~facenet_platform.core.model_spec.ModelSpec`: input
+size, embedding size, the standardisation the network expects, the validation threshold of the
+checkpoint, and where it came from (format, sha256 of a file, the checkpoint).
 
 Each export is checked against the Keras model on held-out faces: the per-image L2 distance
 between the two embeddings (mean, std, max), and optionally LFW accuracy of both.
 
-:func:`load_exported` loads any of them (and ``.keras``) into an object with the embedding
-contract ``__call__(standardised (N, S, S, 3) float32) -> (N, D) float32``, plus
-``input_shape``, ``output_shape``, ``name`` and ``batch_size``, so that ``FaceEmbedder`` and the
-index/serve sides can use it like a model or a runner; :func:`model_metadata` says how it wants
-its input (standardization, threshold).
+Loading exports back and reading their spec is the core's job
+(:func:`facenet_platform.core.model_io.load_exported`,
+:func:`~facenet_platform.core.model_io.read_model_spec`): this module writes, the core reads.
 """
 
 from __future__ import annotations
@@ -52,6 +51,9 @@ from pathlib import Path
 import numpy as np
 
 from facenet_platform.core.errors import ConfigError
+from facenet_platform.core.model_io import (checkpoint_threshold, load_exported, load_model,
+                                            sha256_of, write_export_metadata)
+from facenet_platform.core.model_spec import ModelSource, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,6 @@ FORMATS = ("savedmodel", "tflite", "tflite-int8")
 
 def load_checkpoint(path: str | os.PathLike):
     """``(keras model, TrainConfig or None)`` from a checkpoint directory or a ``.keras`` file."""
-    from facenet_platform.core.embedding import load_model
-
     from .config import CONFIG_FILE, load_config
 
     path = Path(path)
@@ -77,193 +77,6 @@ def load_checkpoint(path: str | os.PathLike):
     config_file = (path if path.is_dir() else path.parent) / CONFIG_FILE
     cfg = load_config(config_file) if config_file.is_file() else None
     return model, cfg
-
-
-class ExportedEmbedder:
-    """Common face of a loaded SavedModel / TFLite embedding model."""
-
-    is_exported_embedder = True
-    format = "?"
-
-    def __init__(self, path: Path, input_size: int, embedding_size: int, batch_size: int = 32):
-        self.path = Path(path)
-        self.input_size = int(input_size)
-        self.embedding_size = int(embedding_size)
-        self.batch_size = int(batch_size)
-        self.name = self.path.stem if self.path.suffix else self.path.name
-
-    @property
-    def input_shape(self) -> tuple:
-        return (None, self.input_size, self.input_size, 3)
-
-    @property
-    def output_shape(self) -> tuple:
-        return (None, self.embedding_size)
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __call__(self, x, training: bool = False) -> np.ndarray:
-        """``(N, S, S, 3) float32`` standardised crops -> ``(N, D) float32`` embeddings."""
-        x = np.asarray(x, np.float32)
-        if x.ndim != 4 or x.shape[1:] != (self.input_size, self.input_size, 3):
-            raise ConfigError(f"{self.path}: expected (N, {self.input_size}, {self.input_size}, 3) "
-                              f"input, got {x.shape}")
-        if len(x) == 0:
-            return np.zeros((0, self.embedding_size), np.float32)
-        out = [self._forward(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({str(self.path)!r}, input_size={self.input_size}, "
-                f"embedding_size={self.embedding_size})")
-
-
-class SavedModelEmbedder(ExportedEmbedder):
-    format = "savedmodel"
-
-    def __init__(self, path, batch_size: int = 32):
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(str(path))
-        fn = loaded.signatures["embed_standardized"]
-        spec = fn.structured_input_signature[1]["x"]
-        out_dim = fn.structured_outputs["embeddings"].shape[-1]
-        super().__init__(Path(path), spec.shape[1], out_dim, batch_size)
-        self._loaded = loaded
-        self._fn = fn
-        self._serving = loaded.signatures["serving_default"]
-
-    def _forward(self, x):
-        import tensorflow as tf
-
-        return self._fn(x=tf.constant(x))["embeddings"].numpy()
-
-    def embed_uint8(self, crops: np.ndarray) -> np.ndarray:
-        """The serving signature: ``(N, S, S, 3) uint8`` crops, standardisation inside."""
-        import tensorflow as tf
-
-        return self._serving(images=tf.constant(np.asarray(crops, np.uint8)))["embeddings"].numpy()
-
-
-class TFLiteEmbedder(ExportedEmbedder):
-    format = "tflite"
-
-    def __init__(self, path, batch_size: int = 32, num_threads: int | None = None):
-        import warnings
-
-        try:  # LiteRT, the interpreter's new home, when installed
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            import tensorflow as tf
-
-            Interpreter = tf.lite.Interpreter
-        with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-            warnings.simplefilter("ignore", UserWarning)
-            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        inp = self._interpreter.get_input_details()[0]
-        out = self._interpreter.get_output_details()[0]
-        super().__init__(Path(path), inp["shape_signature"][1], out["shape_signature"][-1],
-                         batch_size)
-        self._in, self._out = inp["index"], out["index"]
-        self._in_dtype = inp["dtype"]
-        self._in_quant = inp.get("quantization", (0.0, 0))
-        self._out_quant = out.get("quantization", (0.0, 0))
-        self._allocated_for = None
-
-    def _forward(self, x):
-        n = len(x)
-        if self._allocated_for != n:
-            self._interpreter.resize_tensor_input(self._in, [n, *x.shape[1:]], strict=False)
-            self._interpreter.allocate_tensors()
-            self._allocated_for = n
-        if self._in_dtype != np.float32:  # a fully integer model
-            scale, zero = self._in_quant
-            x = np.clip(np.round(x / scale + zero), -128, 127).astype(self._in_dtype)
-        self._interpreter.set_tensor(self._in, x)
-        self._interpreter.invoke()
-        y = self._interpreter.get_tensor(self._out)
-        if y.dtype != np.float32:
-            scale, zero = self._out_quant
-            y = (y.astype(np.float32) - zero) * scale
-        return y
-
-
-def load_exported(path: str | os.PathLike, batch_size: int = 32):
-    """Any exported model by path: ``*.tflite``, a SavedModel folder, a ``.keras`` file or a
-    checkpoint folder (the Keras model itself is returned for the last two)."""
-    path = Path(path)
-    if path.suffix == ".tflite":
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such TFLite file")
-        return TFLiteEmbedder(path, batch_size)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return SavedModelEmbedder(path, batch_size)
-    from facenet_platform.core.embedding import load_model
-
-    return load_model(path)
-
-
-# ------------------------------------------------------------------------------------------
-# metadata sidecar
-
-METADATA_FILE = "facenet_export.json"
-
-
-def metadata_path(export_path: str | os.PathLike) -> Path:
-    """``<savedmodel dir>/facenet_export.json`` or ``<file>.tflite.json``."""
-    p = Path(export_path)
-    return p / METADATA_FILE if p.is_dir() else p.with_name(p.name + ".json")
-
-
-def write_export_metadata(export_path, meta: dict) -> Path:
-    import json
-
-    path = metadata_path(export_path)
-    path.write_text(json.dumps(meta, indent=1))
-    return path
-
-
-def read_export_metadata(export_path) -> dict:
-    import json
-
-    path = metadata_path(export_path)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def checkpoint_threshold(checkpoint) -> float | None:
-    """The validation threshold of a checkpoint's last epoch (state.json), if any."""
-    import json
-
-    path = Path(checkpoint)
-    state = (path if path.is_dir() else path.parent) / "state.json"
-    try:
-        history = json.loads(state.read_text()).get("history") or []
-    except (OSError, ValueError):
-        return None
-    return history[-1].get("val_threshold") if history else None
-
-
-def model_metadata(path: str | os.PathLike) -> dict:
-    """What a model path says about how to use it: ``standardization``, ``threshold``,
-    ``input_size``, ``embedding_size`` where known. Works for a training checkpoint folder (or
-    the ``model.keras`` in it: config.yaml + state.json), a SavedModel folder or a ``.tflite``
-    file (their ``facenet_export.json``); ``{}`` for a bare ``.keras`` file."""
-    path = Path(path)
-    if path.suffix == ".tflite" or (path.is_dir() and (path / "saved_model.pb").is_file()):
-        return read_export_metadata(path)
-    folder = path if path.is_dir() else path.parent
-    config_file = folder / "config.yaml"
-    if not config_file.is_file():
-        return {}
-    from .config import load_config
-
-    cfg = load_config(config_file)
-    return {"standardization": cfg.data.standardization, "threshold": checkpoint_threshold(folder),
-            "input_size": cfg.model.input_size, "embedding_size": cfg.model.embedding_size}
 
 
 # ------------------------------------------------------------------------------------------
@@ -361,9 +174,9 @@ def export_tflite(model, out_file: str | os.PathLike, *, int8: bool = False,
 
 
 def _image_files(folder: Path) -> list[str]:
-    from .data import IMAGE_SUFFIXES
+    from facenet_platform.core.images import is_image_path
 
-    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(str(p) for p in Path(folder).rglob("*") if is_image_path(p))
 
 
 def sample_faces(cfg, images: Path | None, n: int, input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -463,10 +276,7 @@ def export_checkpoint(checkpoint, fmt: str, output, *, images=None, num_images: 
         "images_per_s": len(x) / infer_s if infer_s > 0 else None,
         "calibration_images": int(len(calib)) if fmt == "tflite-int8" else 0,
     }
-    write_export_metadata(output, {
-        "format": fmt, "input_size": s, "embedding_size": int(model.output_shape[-1]),
-        "standardization": mode, "threshold": checkpoint_threshold(checkpoint),
-        "checkpoint": str(checkpoint), "model_name": model.name})
+    write_export_metadata(output, export_spec(model, output, fmt, checkpoint, mode, cfg))
     if fmt == "savedmodel":  # the uint8 serving signature agrees with standardize + model
         report["serving_default_difference"] = embedding_difference(ref, exported.embed_uint8(check))
     if lfw_pairs is not None:
@@ -476,6 +286,20 @@ def export_checkpoint(checkpoint, fmt: str, output, *, images=None, num_images: 
         report["lfw_keras"] = lfw_accuracy(keras_embed, lfw_pairs, lfw_dir, **kwargs)
         report["lfw_exported"] = lfw_accuracy(exported, lfw_pairs, lfw_dir, **kwargs)
     return report
+
+
+def export_spec(model, output: Path, fmt: str, checkpoint, standardization: str,
+                cfg=None) -> ModelSpec:
+    """The spec of an export of ``checkpoint``'s ``model`` at ``output`` (its sidecar): the
+    export's file name as model id, the checkpoint's validation threshold, the default crop."""
+    output = Path(os.path.abspath(output))
+    return ModelSpec(
+        model_id=output.name, input_size=int(model.input_shape[1]),
+        embedding_size=int(model.output_shape[-1]), standardization=standardization,
+        threshold=checkpoint_threshold(checkpoint),
+        source=ModelSource(kind="exported", path=str(output), sha256=sha256_of(output),
+                           format=fmt, checkpoint=os.path.abspath(checkpoint),
+                           training_data=cfg.data.root if cfg is not None else None))
 
 
 def _size_mb(path: Path) -> float:

@@ -8,7 +8,7 @@ layer names); a config's ``model.architecture`` picks the shape:
   input-size independent, the bottleneck loads only at 512-d).
 - ``inception_resnet_v1_scaled``: every width multiplied by ``model.width``, ``model.repeats``
   blocks per stage and "same" padding, so that a small network (e.g. 64-96 px, width 0.25-0.5)
-  trains on a CPU. ``core.embedding.load_model`` loads it like the full network.
+  trains on a CPU. ``core.model_io.load_model`` loads it like the full network.
 
 Both end in ``Bottleneck`` -> ``Bottleneck.BatchNorm`` (the pre-logits,
 :func:`facenet_platform.core.model.prelogits`) -> ``embeddings`` (L2-normalised).
