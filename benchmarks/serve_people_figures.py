@@ -326,11 +326,16 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
     print(f"service (people, thumbnails) ready in {startup:.0f} s", flush=True)
     asyncio.run(mixed_load(base, headers, probes, 4, 5.0, (0.5, 0.45)))  # warm-up
     runs = {}
-    for label, mix in (("identify only", (1.0, 0.0)), ("mixed 90/9/1", (0.90, 0.09))):
-        stats, seconds, _ = asyncio.run(mixed_load(base, headers, probes, args.mixed_clients,
-                                                   args.mixed_duration, mix))
-        runs[label] = (stats, seconds)
-        print(mixed_table({label: runs[label]}), flush=True)
+    rounds = args.mixed_rounds if "mixed" in args.parts else 0
+    for k in range(rounds):
+        for label, mix in (("identify only", (1.0, 0.0)), ("mixed 90/9/1", (0.90, 0.09))):
+            name = label if rounds == 1 else f"{label} #{k + 1}"
+            load_avg = __import__("os").getloadavg()[0]
+            stats, seconds, _ = asyncio.run(mixed_load(base, headers, probes,
+                                                       args.mixed_clients, args.mixed_duration,
+                                                       mix, seed=k))
+            runs[f"{name} (load {load_avg:.0f})"] = (stats, seconds)
+            print(mixed_table({name: runs[f"{name} (load {load_avg:.0f})"]}), flush=True)
     out["mixed_table"] = mixed_table(runs)
     out["mixed"] = {label: {"seconds": round(sec, 1), **{k: {
         "n": len(s.latencies_ms), "rps": round(len(s.latencies_ms) / sec, 3),
@@ -339,6 +344,10 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
         if s.latencies_ms}} for label, (stats, sec) in runs.items()}
 
     # 3. killed writer (on this index: real people)
+    if "kill" not in args.parts:
+        serve.delete(app)
+        return _grid(args, out, work, deploy_fn, base, headers, app)
+
     def stats():
         import urllib.request
 
@@ -357,9 +366,16 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
                    "replayed_by_writer": after["writer"]["replayed"]}
     print(f"\nkilled writer: {out['kill']}", flush=True)
     serve.delete(app)
+    return _grid(args, out, work, deploy_fn, base, headers, app)
 
-    # 2. grids of 100 and 10,000 people
+
+def _grid(args, out: dict, work: Path, deploy_fn, base: str, headers: dict, app: str) -> dict:
+    """2. grids of 100 and 10,000 people."""
+    from ray import serve
+
     out["grid"] = {}
+    if "grid" not in args.parts:
+        return out
     for n in args.grid_sizes:
         grid_index = work / f"grid-{n}"
         seconds = seed_people(grid_index, n)
