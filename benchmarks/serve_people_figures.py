@@ -189,12 +189,19 @@ def seed_people(index_dir: Path, n_people: int, faces_each: int = 3, seed: int =
     return time.perf_counter() - t0
 
 
+def server_ms(response) -> float:
+    """The ingress' own time for a request, from its ``Server-Timing`` header."""
+    value = response.headers.get("Server-Timing", "")
+    return float(value.split("dur=", 1)[1]) if "dur=" in value else float("nan")
+
+
 async def grid_requests(base: str, headers: dict, total: int, n_people: int, clients: int = 4,
-                        seed: int = 0) -> list[float]:
+                        seed: int = 0) -> tuple[list[float], list[float]]:
+    """``(client ms, server ms)`` of ``total`` grid pages at random offsets."""
     import aiohttp
 
     rng = random.Random(seed)
-    latencies = []
+    latencies, server = [], []
     async with aiohttp.ClientSession(headers=headers) as session:
         async def worker(n):
             for _ in range(n):
@@ -204,9 +211,10 @@ async def grid_requests(base: str, headers: dict, total: int, n_people: int, cli
                         "limit": 60, "offset": offset}) as r:
                     await r.read()
                     assert r.status == 200, r.status
+                    server.append(server_ms(r))
                 latencies.append((time.perf_counter() - t0) * 1000)
         await asyncio.gather(*(worker(total // clients) for _ in range(clients)))
-    return latencies
+    return latencies, server
 
 
 # -- killed writer -------------------------------------------------------------------------------
@@ -221,6 +229,7 @@ async def decisions_with_a_kill(base: str, headers: dict, app: str, clients: int
     connector = aiohttp.TCPConnector(limit=clients + 4)
     timeout = aiohttp.ClientTimeout(total=120)
     acknowledged: dict[str, int] = {}   # key -> event id
+    latency: list[tuple[float, float]] = []  # (completed at s, ms incl. retries)
     attempts = {"sent": 0, "retried": 0, "failed_attempts": {}}
     events = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
@@ -237,6 +246,7 @@ async def decisions_with_a_kill(base: str, headers: dict, app: str, clients: int
                 body = {"name": f"k{w} {uuid.uuid4().hex[:10]}"}
                 pid = rng.choice(people)
                 attempts["sent"] += 1
+                t0 = time.perf_counter()
                 for attempt in range(60):
                     try:
                         async with session.post(base + f"/v1/people/{pid}/name", json=body,
@@ -247,6 +257,8 @@ async def decisions_with_a_kill(base: str, headers: dict, app: str, clients: int
                         status, data = type(exc).__name__, None
                     if status == 200:
                         acknowledged[key] = data["event"]["id"] if data["event"] else None
+                        latency.append(((time.perf_counter() - t_start),
+                                        (time.perf_counter() - t0) * 1000))
                         break
                     attempts["retried"] += 1
                     kinds = attempts["failed_attempts"]
@@ -265,6 +277,15 @@ async def decisions_with_a_kill(base: str, headers: dict, app: str, clients: int
 
         await asyncio.gather(killer(), *(worker(w) for w in range(clients)))
         events["end"] = time.perf_counter() - t_start
+    kill = events["kill"]
+    after = [ms for t, ms in latency if t >= kill]
+    before = [ms for t, ms in latency if t < kill]
+    events["decision_ms"] = {
+        "before_kill_p50": round(float(np.percentile(before, 50)), 1) if before else None,
+        "after_kill_p50": round(float(np.percentile(after, 50)), 1) if after else None,
+        "max": round(max(ms for _, ms in latency), 1) if latency else None,
+        "per_s_before": round(len(before) / kill, 2) if kill else None,
+        "per_s_after": round(len(after) / max(1e-9, events["end"] - kill), 2)}
     return {"acknowledged": acknowledged, "attempts": attempts, "events": events}
 
 
@@ -305,11 +326,16 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
     print(f"service (people, thumbnails) ready in {startup:.0f} s", flush=True)
     asyncio.run(mixed_load(base, headers, probes, 4, 5.0, (0.5, 0.45)))  # warm-up
     runs = {}
-    for label, mix in (("identify only", (1.0, 0.0)), ("mixed 90/9/1", (0.90, 0.09))):
-        stats, seconds, _ = asyncio.run(mixed_load(base, headers, probes, args.mixed_clients,
-                                                   args.mixed_duration, mix))
-        runs[label] = (stats, seconds)
-        print(mixed_table({label: runs[label]}), flush=True)
+    rounds = args.mixed_rounds if "mixed" in args.parts else 0
+    for k in range(rounds):
+        for label, mix in (("identify only", (1.0, 0.0)), ("mixed 90/9/1", (0.90, 0.09))):
+            name = label if rounds == 1 else f"{label} #{k + 1}"
+            load_avg = __import__("os").getloadavg()[0]
+            stats, seconds, _ = asyncio.run(mixed_load(base, headers, probes,
+                                                       args.mixed_clients, args.mixed_duration,
+                                                       mix, seed=k))
+            runs[f"{name} (load {load_avg:.0f})"] = (stats, seconds)
+            print(mixed_table({name: runs[f"{name} (load {load_avg:.0f})"]}), flush=True)
     out["mixed_table"] = mixed_table(runs)
     out["mixed"] = {label: {"seconds": round(sec, 1), **{k: {
         "n": len(s.latencies_ms), "rps": round(len(s.latencies_ms) / sec, 3),
@@ -318,33 +344,49 @@ def run(args, pipeline, probes, lfw_people: dict, strangers: list, work: Path, d
         if s.latencies_ms}} for label, (stats, sec) in runs.items()}
 
     # 3. killed writer (on this index: real people)
+    if "kill" not in args.parts:
+        serve.delete(app)
+        return _grid(args, out, work, deploy_fn, base, headers, app)
+
+    def stats():
+        import urllib.request
+
+        req = urllib.request.Request(base + "/v1/stats", headers=headers)
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())
+    before = stats()
     kill = asyncio.run(decisions_with_a_kill(base, headers, app, 8, args.kill_decisions_s,
                                              args.kill_decisions_s / 3))
+    after = stats()
     out["kill"] = {**check_log(index_dir, kill["acknowledged"]), "attempts": kill["attempts"],
-                   "events": kill["events"]}
+                   "events": kill["events"],
+                   "ingress_retries": after["ingress"]["backend_retries"]
+                   - before["ingress"]["backend_retries"],
+                   "writer_replica": [before["writer"]["replica"], after["writer"]["replica"]],
+                   "replayed_by_writer": after["writer"]["replayed"]}
     print(f"\nkilled writer: {out['kill']}", flush=True)
     serve.delete(app)
+    return _grid(args, out, work, deploy_fn, base, headers, app)
 
-    # 2. grids of 100 and 10,000 people
+
+def _grid(args, out: dict, work: Path, deploy_fn, base: str, headers: dict, app: str) -> dict:
+    """2. grids of 100 and 10,000 people."""
+    from ray import serve
+
     out["grid"] = {}
+    if "grid" not in args.parts:
+        return out
     for n in args.grid_sizes:
         grid_index = work / f"grid-{n}"
         seconds = seed_people(grid_index, n)
         deploy_fn(grid_index)
         asyncio.run(grid_requests(base, headers, 40, n))  # warm-up (first load, cache)
-        import urllib.request
-
-        def ingress_stats():
-            req = urllib.request.Request(base + "/v1/stats", headers=headers)
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read())
-        client = asyncio.run(grid_requests(base, headers, args.grid_requests, n))
-        server = ingress_stats()["ingress"]["latency"]["people"]
+        client, server = asyncio.run(grid_requests(base, headers, args.grid_requests, n))
+        pct = lambda xs, q: round(float(np.nanpercentile(xs, q)), 1)  # noqa: E731
         out["grid"][n] = {"seed_s": round(seconds, 1), "requests": len(client),
-                          "client_p50_ms": round(float(np.percentile(client, 50)), 1),
-                          "client_p99_ms": round(float(np.percentile(client, 99)), 1),
-                          "server_p50_ms": server["p50_ms"], "server_p95_ms": server["p95_ms"],
-                          "server_p99_ms": server["p99_ms"], "server_window": server["n"]}
+                          "client_p50_ms": pct(client, 50), "client_p99_ms": pct(client, 99),
+                          "server_p50_ms": pct(server, 50), "server_p95_ms": pct(server, 95),
+                          "server_p99_ms": pct(server, 99), "server_max_ms": pct(server, 100)}
         print(f"grid of {n} people: {out['grid'][n]}", flush=True)
         serve.delete(app)
     return out

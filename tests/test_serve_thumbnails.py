@@ -156,7 +156,14 @@ def test_catalog_maps_ids_never_paths(collection):
         f for f, p in ids.items() if p.endswith("two.png"))
     assert catalog.face("0000000000000000-0") is None
     assert catalog.photo("0000000000000000") is None
-    assert len(PhotoCatalog.load(index.parent / "no-index")) == 0
+    empty = PhotoCatalog.load(index.parent / "no-index")
+    assert len(empty) == 0
+    # an index without a collection is not "changed" at every poll (no reload storm)
+    from facenet_platform.index.layout import IndexLayout
+    from facenet_platform.serve.catalog import collection_version
+
+    assert empty.version == collection_version(IndexLayout.open(index.parent / "no-index"))
+    assert catalog.version == collection_version(IndexLayout.open(index))
     assert check_photo_id(face.photo_id.upper()) == face.photo_id
     for bad in ("../etc/passwd", "a/b", "3f9a0c12d4e5b6a", "3f9a0c12d4e5b6a7-0", "\x00" * 16):
         with pytest.raises(PhotoIdError):

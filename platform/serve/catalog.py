@@ -100,9 +100,10 @@ class PhotoCatalog:
 
     @classmethod
     def empty(cls) -> "PhotoCatalog":
+        """No collection yet: the version :func:`collection_version` gives an empty index."""
         return cls(np.zeros(0, object), {c: np.zeros(0, object) for c in _COLUMNS[:-2]} | {
             "box": np.zeros((0, 4), np.float32), "image_width": np.zeros(0, np.int32),
-            "image_height": np.zeros(0, np.int32)})
+            "image_height": np.zeros(0, np.int32)}, (0, 0))
 
     @classmethod
     def load(cls, index_dir) -> "PhotoCatalog":

@@ -97,6 +97,17 @@ async def _http_error(_, exc: StarletteHTTPException):
                   str(exc.detail))
 
 
+@app.middleware("http")
+async def _server_timing(request, call_next):
+    """``Server-Timing: app;dur=MS`` on every answer: the time this ingress spent on it."""
+    import time
+
+    t0 = time.perf_counter()
+    response = await call_next(request)
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
+    return response
+
+
 # -- API keys --------------------------------------------------------------------------------------
 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
