@@ -6,21 +6,11 @@ import argparse
 import json
 import logging
 
+from facenet_platform.cli_args import non_negative_float, positive_int
+
 logger = logging.getLogger(__name__)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _add_ray_options(p: argparse.ArgumentParser) -> None:
@@ -28,7 +18,7 @@ def _add_ray_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster to run on (host:port, ray://host:port, auto); default "
                         "$RAY_ADDRESS, else a local Ray started for this command")
-    g.add_argument("--num-cpus", type=_positive_int, default=None,
+    g.add_argument("--num-cpus", type=positive_int, default=None,
                    help="CPUs of the local Ray this command starts (default: all)")
     g.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
 
@@ -49,21 +39,21 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                    help="index directory (local path or URI); created if missing")
     _add_ray_options(p)
     g = p.add_argument_group("pools and batches (default: planned from the cluster's resources)")
-    g.add_argument("--detect-actors", type=_positive_int, default=None,
+    g.add_argument("--detect-actors", type=positive_int, default=None,
                    help="detection+alignment actors")
-    g.add_argument("--embed-actors", type=_positive_int, default=None, help="embedding actors")
-    g.add_argument("--detect-cpus", type=_non_negative_float, default=None,
+    g.add_argument("--embed-actors", type=positive_int, default=None, help="embedding actors")
+    g.add_argument("--detect-cpus", type=non_negative_float, default=None,
                    help="CPUs per detection actor")
-    g.add_argument("--embed-cpus", type=_non_negative_float, default=None,
+    g.add_argument("--embed-cpus", type=non_negative_float, default=None,
                    help="CPUs per embedding actor")
-    g.add_argument("--embed-gpus", type=_non_negative_float, default=None,
+    g.add_argument("--embed-gpus", type=non_negative_float, default=None,
                    help="GPUs per embedding actor (default 1 when the cluster has GPUs, else 0)")
-    g.add_argument("--decode-cpus", type=_non_negative_float, default=None,
+    g.add_argument("--decode-cpus", type=non_negative_float, default=None,
                    help="CPUs per read+decode task (default 0.25)")
-    g.add_argument("--read-batch-size", type=_positive_int, default=8, help="files per decode batch")
-    g.add_argument("--detect-batch-size", type=_positive_int, default=16,
+    g.add_argument("--read-batch-size", type=positive_int, default=8, help="files per decode batch")
+    g.add_argument("--detect-batch-size", type=positive_int, default=16,
                    help="images per detection batch")
-    g.add_argument("--embed-batch-size", type=_positive_int, default=None,
+    g.add_argument("--embed-batch-size", type=positive_int, default=None,
                    help="face crops per embedding batch (default 64 on CPU, 256 on GPU)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None,
@@ -71,16 +61,16 @@ def register(index_sub: argparse._SubParsersAction) -> None:
                         "(default: pretrained 20180408-102900)")
     g.add_argument("--backend", default=None,
                    help="embedding backend: keras-fp32 (default), keras-bf16, onnx-fp32, onnx-int8")
-    g.add_argument("--min-face-size", type=_positive_int, default=20,
+    g.add_argument("--min-face-size", type=positive_int, default=20,
                    help="smallest face to detect, pixels")
-    g.add_argument("--max-pixels", type=_positive_int, default=None,
+    g.add_argument("--max-pixels", type=positive_int, default=None,
                    help="refuse images larger than this many pixels (default $FACENET_MAX_PIXELS "
                         "or 40,000,000)")
     g = p.add_argument_group("photos, videos and metadata")
     g.add_argument("--video-interval", type=float, default=2.0, metavar="SECONDS",
                    help="sample a video/animated image every this many seconds (plus scene "
                         "changes)")
-    g.add_argument("--video-max-frames", type=_positive_int, default=24,
+    g.add_argument("--video-max-frames", type=positive_int, default=24,
                    help="frames sampled per video/animated image at most")
     g.add_argument("--no-rotation-retry", action="store_true",
                    help="do not retry faceless photos without EXIF orientation turned sideways")
@@ -90,11 +80,11 @@ def register(index_sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-xmp", action="store_true",
                    help="do not read XMP face regions (in-file and .xmp sidecars)")
     g = p.add_argument_group("incremental build")
-    g.add_argument("--commit-every-files", type=_positive_int, default=1000,
+    g.add_argument("--commit-every-files", type=positive_int, default=1000,
                    help="commit after this many finished files (what an interrupted build redoes)")
     g.add_argument("--commit-every-seconds", type=float, default=60.0,
                    help="... or after this many seconds")
-    g.add_argument("--max-rows-per-file", type=_positive_int, default=20_000,
+    g.add_argument("--max-rows-per-file", type=positive_int, default=20_000,
                    help="faces per Parquet file at most")
     g.add_argument("--rehash", action="store_true",
                    help="read and hash every file, even those whose path, size and mtime are known")
@@ -113,15 +103,15 @@ def register(index_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index with a gallery")
     p.add_argument("--faces", default=None, metavar="FACES",
                    help="faces table: a .parquet file or folder (default: INDEX_DIR's collection)")
-    p.add_argument("--top-k", type=_positive_int, default=5, help="matches per face")
+    p.add_argument("--top-k", type=positive_int, default=5, help="matches per face")
     p.add_argument("--threshold", type=float, default=None,
                    help="squared L2 distance at or under which a match counts (is_match; "
                         "default: the gallery's identification threshold)")
     p.add_argument("-o", "--output", default=None, metavar="MATCHES",
                    help="output .parquet file (default INDEX_DIR/matches/matches-<time>.parquet)")
-    p.add_argument("--actors", type=_positive_int, default=None,
+    p.add_argument("--actors", type=positive_int, default=None,
                    help="searcher actors (default: planned from the cluster)")
-    p.add_argument("--batch-size", type=_positive_int, default=1024, help="faces per search batch")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="faces per search batch")
     _add_ray_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_search)

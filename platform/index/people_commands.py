@@ -26,6 +26,8 @@ import argparse
 import json
 from pathlib import Path
 
+from facenet_platform.cli_args import non_negative_int, positive_int
+
 PROG = "facenet-platform"
 
 
@@ -38,18 +40,6 @@ def _json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="squared L2 from a person's template within which a face joins it")
     p.add_argument("--cluster-distance", type=float, default=None,
                    help="squared L2 within which two new faces may be linked")
-    p.add_argument("--min-faces", type=_positive_int, default=None,
+    p.add_argument("--min-faces", type=positive_int, default=None,
                    help="smallest new person")
     p.add_argument("--template", choices=("mean", "centroids"), default=None,
                    help="matching templates per person")
@@ -102,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--all", dest="which", action="store_const", const="all",
                    help="everyone, hidden people included")
     p.set_defaults(which="visible")
-    p.add_argument("--min-faces", type=_non_negative_int, default=0,
+    p.add_argument("--min-faces", type=non_negative_int, default=0,
                    help="only people with at least N faces")
     _json_option(p)
     p.set_defaults(handler=cmd_list)
@@ -112,9 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _index_option(p)
     p.add_argument("--sheet", type=Path, default=None, metavar="PNG",
                    help="write a contact sheet of the person's best faces")
-    p.add_argument("--max-thumbnails", type=_positive_int, default=36,
+    p.add_argument("--max-thumbnails", type=positive_int, default=36,
                    help="faces on the contact sheet")
-    p.add_argument("--limit", type=_non_negative_int, default=20,
+    p.add_argument("--limit", type=non_negative_int, default=20,
                    help="faces listed in the text output (0: all)")
     _json_option(p)
     p.set_defaults(handler=cmd_show)
@@ -174,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("history", help="the decisions and updates, oldest first")
     _index_option(p)
-    p.add_argument("--limit", type=_non_negative_int, default=None, help="only the last N")
+    p.add_argument("--limit", type=non_negative_int, default=None, help="only the last N")
     _json_option(p)
     p.set_defaults(handler=cmd_history)
 
@@ -189,7 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               help="the collection's photos that contain the face in IMG")
     p.add_argument("image", type=Path, metavar="IMG", help="a photo of the face to look for")
     _index_option(p)
-    p.add_argument("--top-k", type=_positive_int, default=10, help="photos at most (default 10)")
+    p.add_argument("--top-k", type=positive_int, default=10, help="photos at most (default 10)")
     p.add_argument("--threshold", type=float, default=None,
                    help="squared L2 distance at or under which a face counts (default: the "
                         "people's assign distance)")
