@@ -68,3 +68,19 @@ def pipeline(pretrained_model):
     embedder = FaceEmbedder(pretrained_model, model_id=PRETRAINED.model_id,
                             threshold=PRETRAINED.threshold, batch_size=16)
     return FacePipeline(embedder=embedder)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(weights_cache):
+    """One local Ray per test module (2 CPUs, no dashboard); yields its GCS address."""
+    import ray
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()

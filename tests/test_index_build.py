@@ -80,22 +80,6 @@ def photos(tmp_path_factory, astronaut) -> dict:
             "missing": str(root / "missing" / "photo.jpg")}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(weights_cache):
-    """One local Ray for the module (2 CPUs); yields its GCS address."""
-    import ray
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
-
-
 def _sources(photos) -> list[str]:
     return [str(photos["src"]), "@" + str(photos["list"])]
 

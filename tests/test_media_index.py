@@ -53,21 +53,6 @@ def library(tmp_path_factory, astronaut):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(weights_cache):
-    import ray
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def built(ray_cluster, library, tmp_path_factory):
     index = tmp_path_factory.mktemp("index")
     summary = build_index([str(library)], index, options=BuildOptions(**SMALL))

@@ -10,7 +10,6 @@ the person's photos.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -30,21 +29,6 @@ LATER = {"Colin_Powell": 7, "Tony_Blair": 9, "Donald_Rumsfeld": 9}
 HELD_OUT = {"Colin_Powell": 8, "Tony_Blair": 6, "Donald_Rumsfeld": 8}
 SMALL = ["--read-batch-size", "2", "--detect-batch-size", "4", "--embed-batch-size", "8",
          "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def ray_address(weights_cache):
-    import ray
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
 
 
 def lfw_photo(lfw_root: Path, person: str, number: int) -> Path:
@@ -68,7 +52,7 @@ def cli(monkeypatch, capsys, pipeline):
     return run
 
 
-def test_curation_story(cli, lfw_root, ray_address, tmp_path):
+def test_curation_story(cli, lfw_root, ray_cluster, tmp_path):
     from facenet_platform.index.people_store import PeopleStore
 
     photos, index = tmp_path / "photos", tmp_path / "index"
@@ -78,7 +62,7 @@ def test_curation_story(cli, lfw_root, ray_address, tmp_path):
             shutil.copy(lfw_photo(lfw_root, person, k), photos / person)
 
     # 1. build: the people update runs at the end
-    out = cli("index", "build", photos, "--out", index, "--address", ray_address, *SMALL)
+    out = cli("index", "build", photos, "--out", index, "--address", ray_cluster, *SMALL)
     assert "people:   v1:" in out
     store = PeopleStore(index)
     state = store.load()
@@ -129,7 +113,7 @@ def test_curation_story(cli, lfw_root, ray_address, tmp_path):
     # 6. new photos, build again: the new faces join their (named) people
     for person in PEOPLE:
         shutil.copy(lfw_photo(lfw_root, person, LATER[person]), photos / person)
-    out = cli("index", "build", photos, "--out", index, "--address", ray_address, *SMALL)
+    out = cli("index", "build", photos, "--out", index, "--address", ray_cluster, *SMALL)
     assert int(out.split("people:   v", 1)[1].split(" new faces")[0].split()[-1]) >= 3
     state = store.load()
     assert {state.people[pid].name for pid in who.values()} == {"Colin Powell", "Tony", "Donald"}

@@ -36,21 +36,6 @@ def crop(astronaut) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(weights_cache):
-    import ray
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def library(tmp_path_factory, crop):
     from skimage import data
 
