@@ -171,7 +171,8 @@ def test_index_enroll_identify_search_and_serve(exported, photos, local_ray, tmp
     import pyarrow.parquet as pq
 
     matches = pq.read_table(matches_file).to_pylist()
-    assert {m["name"] for m in matches} == {"astronaut"}
+    # one row per collection face; a face the people do not name has an empty name
+    assert {m["name"] for m in matches if m["name"]} == {"astronaut"}
 
     # Serve with that model: the detector cuts the model's crops, /v1/identify names the face
     from ray import serve
