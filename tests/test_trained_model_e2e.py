@@ -178,18 +178,21 @@ def test_index_enroll_identify_search_and_serve(exported, photos, local_ray, tmp
     from ray import serve
 
     from facenet_platform.serve.app import app_args, build_app
+    from facenet_platform.serve.auth import READ_KEY_ENV
 
+    read_key = "trained-model-e2e-read-key"
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args(str(index), model=str(exported), max_batch_size=2)),
+        serve.run(build_app(app_args(str(index), model=str(exported), max_batch_size=2,
+                                     ingress={"env": {READ_KEY_ENV: read_key}})),
                   name="facenet-trained", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         health = requests.get(url + "/healthz", timeout=60)
         assert health.status_code == 200 and health.json()["model_id"] == spec.model_id, health.text
         with open(photos["probe"], "rb") as fh:
             response = requests.post(url + "/v1/identify", files={"file": ("a.jpg", fh.read())},
-                                     timeout=120)
+                                     headers={"Authorization": f"Bearer {read_key}"}, timeout=120)
         assert response.status_code == 200, response.text
         body = response.json()
         (served,) = body["faces"]
