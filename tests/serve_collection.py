@@ -5,11 +5,39 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+
+_DEFAULT_KEY: Any = object()
+
+
+@dataclass
+class ServiceClient:
+    """A running Serve app: its base URL, one HTTP session, and the API key every request sends
+    unless it passes ``key=`` (None: no key)."""
+
+    url: str
+    session: Any  # requests.Session
+    default_key: ClassVar[str | None] = None
+
+    def request(self, method: str, path: str, *, key: str | None = _DEFAULT_KEY, **kwargs):
+        headers = dict(kwargs.pop("headers", {}))
+        key = self.default_key if key is _DEFAULT_KEY else key
+        if key is not None:
+            headers.setdefault("X-API-Key", key)
+        return self.session.request(method, self.url + path, headers=headers, timeout=120,
+                                    **kwargs)
+
+    def get(self, path: str, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs):
+        return self.request("POST", path, **kwargs)
 
 
 def jpeg(image: np.ndarray, quality: int = 92) -> bytes:

@@ -24,6 +24,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from facenet_platform.core.weights import PRETRAINED
 from facenet_platform.index.people_engine import PeopleOptions
 
 from bad_inputs import DECODABLE, UNREADABLE, write_bad_inputs
+from serve_collection import ServiceClient
 from conftest import lfw_available, lfw_dir
 
 #: identify's threshold: the people's assign distance (people update decides with it too)
@@ -58,25 +60,11 @@ def free_port() -> int:
 
 
 @dataclass
-class Service:
-    url: str
+class Service(ServiceClient):
     index_dir: Path
-    session: requests.Session
     face_ids: list[str]          # of the committed collection
     photos_dir: Path
-
-    def request(self, method: str, path: str, *, key: str | None = API_KEY, **kwargs):
-        headers = dict(kwargs.pop("headers", {}))
-        if key is not None:
-            headers.setdefault("X-API-Key", key)
-        return self.session.request(method, self.url + path, headers=headers, timeout=120,
-                                    **kwargs)
-
-    def post(self, path: str, **kwargs):
-        return self.request("POST", path, **kwargs)
-
-    def get(self, path: str, **kwargs):
-        return self.request("GET", path, **kwargs)
+    default_key: ClassVar[str | None] = API_KEY
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +97,8 @@ def service(tmp_path_factory, weights_cache):
                         searcher={"num_replicas": 2})
         serve.run(build_app(args), name="facenet-test", route_prefix="/")
         with requests.Session() as session:
-            yield Service(f"http://127.0.0.1:{port}", index_dir, session, sorted(face_ids),
-                          root / "photos")
+            yield Service(f"http://127.0.0.1:{port}", session, index_dir=index_dir,
+                          face_ids=sorted(face_ids), photos_dir=root / "photos")
     finally:
         serve.shutdown()
         ray.shutdown()

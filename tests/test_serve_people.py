@@ -16,11 +16,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from conftest import lfw_available, lfw_dir
+from serve_collection import ServiceClient
 
 ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
@@ -57,26 +59,12 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
 
 
 @dataclass
-class Service:
-    url: str
+class Service(ServiceClient):
     index_dir: Path
-    session: requests.Session
     #: identity -> face ids of the collection (the main face of its photos)
     faces: dict[str, list[str]] = field(default_factory=dict)
     photos_dir: Path | None = None
-
-    def request(self, method: str, path: str, *, key: str | None = ADMIN_KEY, **kwargs):
-        headers = dict(kwargs.pop("headers", {}))
-        if key is not None:
-            headers.setdefault("X-API-Key", key)
-        return self.session.request(method, self.url + path, headers=headers, timeout=120,
-                                    **kwargs)
-
-    def get(self, path: str, **kwargs):
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs):
-        return self.request("POST", path, **kwargs)
+    default_key: ClassVar[str | None] = ADMIN_KEY
 
     def ok(self, method: str, path: str, **kwargs) -> dict:
         response = self.request(method, path, **kwargs)
@@ -134,7 +122,8 @@ def service(tmp_path_factory, weights_cache):
                         people={"num_replicas": 2}, searcher={"num_replicas": 2})
         serve.run(build_app(args), name="facenet-people-test", route_prefix="/")
         with requests.Session() as session:
-            svc = Service(f"http://127.0.0.1:{port}", index_dir, session, photos_dir=photos_dir)
+            svc = Service(f"http://127.0.0.1:{port}", session, index_dir=index_dir,
+                          photos_dir=photos_dir)
             photos = [(lfw_photo(n, i), n) for n, k in PEOPLE.items() for i in range(1, k + 1)]
             from PIL import Image
 
