@@ -341,3 +341,76 @@ def test_a_new_person_needs_a_seed_face():
     q[np.flatnonzero(labels == 1)[0]] = 0.9   # one good face seeds the person
     out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids())
     assert len(set(out[labels == 1])) == 1 and out[labels == 1][0] is not None
+
+
+def test_seed_faces_counts_the_good_faces_of_a_new_group():
+    x, labels, _, _ = planted(people=2, per=5)
+    n = len(x)
+    q = np.full(n, 0.2, np.float32)        # above the floor, under the seed quality
+    q[np.flatnonzero(labels == 0)[:2]] = 0.9
+    q[np.flatnonzero(labels == 1)[:1]] = 0.9
+    opts = pe.PeopleOptions(min_quality=0.1, seed_quality=0.3, seed_faces=2)
+    for recluster in (False, True):
+        out = pe.update_assignments(x, q, none(n), np.zeros(n, bool), {}, opts, ids(),
+                                    recluster=recluster)
+        assert len(set(out[labels == 0])) == 1 and out[labels == 0][0] is not None
+        assert all(v is None for v in out[labels == 1])
+    with pytest.raises(ConfigError, match="seed_faces"):
+        pe.PeopleOptions(min_faces=2, seed_faces=3)
+
+
+@pytest.mark.parametrize("template", ["mean", "centroids"])
+def test_match_through_neighbours_equals_exact_matching(template):
+    """Comparing a face only with the templates of its neighbours' people gives the exact
+    answer when its person owns one of its neighbours (rejections included)."""
+    from facenet_platform.index.people_knn import KnnIndex, search_rows
+
+    x, labels, centers, rng = planted(people=8, per=10, spread=0.03)
+    n = len(x)
+    person = np.array([f"person-{k}" for k in labels], object)
+    pending = np.flatnonzero(np.arange(n) % 10 == 0)       # one face of each, unassigned
+    person[pending] = None
+    opts = pe.PeopleOptions(min_quality=0.3, template=template, max_centroids=2)
+    pid, t, o = pe.person_templates(x, np.ones(n), person, opts)
+    assert template == "mean" or len(t) > len(pid)
+    knn = KnnIndex.build(x, approximate=False)
+    nb, _ = search_rows(knn, pending, 5)
+    rejected = [frozenset({"person-3"}) if labels[r] == 3 else frozenset() for r in pending]
+    _, code = pe.person_codes(person)
+    fast = pe.match_through_neighbours(x, pending, nb, code, pid, t, o, 0.8, rejected=rejected)
+    exact = pe.identify_against_templates(x[pending], pid, t, o, 0.8, rejected=rejected)
+    assert list(fast.person) == list(exact.person)
+    assert list(fast.reason) == list(exact.reason)
+    np.testing.assert_allclose(fast.distance[np.isfinite(exact.distance) & (exact.distance < 0.8)],
+                               exact.distance[np.isfinite(exact.distance) & (exact.distance < 0.8)],
+                               atol=1e-5)
+    assert fast.person[list(labels[pending]).index(3)] is None       # rejected: never named
+    # neighbours without a person: nothing to compare with
+    none_nb = pe.match_through_neighbours(x, pending, np.full_like(nb, -1), code, pid, t, o, 0.8)
+    assert set(none_nb.reason) == {"too_far"}
+
+
+def test_update_matches_through_neighbours_above_the_people_switch(monkeypatch):
+    """An incremental update with a kept index gives the same people when it matches through
+    the neighbours (many people) as when it matches exactly (few people)."""
+    from facenet_platform.index.people_knn import KnnIndex
+
+    x, labels, centers, rng = planted(people=10, per=8)
+    n = len(x)
+    old = np.arange(n) % 8 != 0
+    results = []
+    for switch in (10**9, 0):
+        monkeypatch.setattr(pe, "CANDIDATE_PEOPLE_ABOVE", switch)
+        knn = KnnIndex.empty(D, approximate=False)
+        first = pe.update_assignments(x[old], np.ones(old.sum()), none(int(old.sum())),
+                                      np.zeros(int(old.sum()), bool), {}, OPTS, ids("a"),
+                                      knn_index=knn)
+        order = np.r_[np.flatnonzero(old), np.flatnonzero(~old)]
+        out = pe.update_assignments(x[order], np.ones(n), np.concatenate([first, none(n - len(first))]),
+                                    np.zeros(n, bool), {}, OPTS, ids("b"),
+                                    new=np.r_[np.zeros(len(first), bool), np.ones(n - len(first), bool)],
+                                    knn_index=knn)
+        results.append(out)
+        found = groups(out, labels[order])
+        assert all(len(s) == 1 and None not in s for s in found.values())
+    assert list(results[0]) == list(results[1])

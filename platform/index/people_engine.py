@@ -16,10 +16,13 @@ only decides. Inputs are arrays over every face of the collection (row ``i`` = f
   the same decision ``identify`` makes). The rest are clustered among themselves
   (:func:`cluster_faces`) into groups; a group whose average linkage to an existing person's
   good faces is within ``merge_distance`` joins that person, the others become new people of at
-  least ``min_faces`` faces holding at least one face of ``seed_quality`` (ids from
+  least ``min_faces`` faces holding at least ``seed_faces`` faces of ``seed_quality`` (ids from
   ``new_person_id()``). Faces under the floor never start or join a person.
   With ``new`` (the faces added since the last update) only those are matched and queried;
   older unassigned faces take part as their neighbours, so the work follows the new faces.
+  Above ``CANDIDATE_PEOPLE_ABOVE`` people, with a kept k-NN index, a new face is compared only
+  with the templates of the people its nearest faces belong to
+  (:func:`match_through_neighbours`) instead of every person's.
 * with ``recluster``: every face that is not pinned is decided again: the good faces are
   clustered from scratch (pinned faces take part, and faces pinned to two different people are
   never put together); each new cluster that overlaps an existing person takes that person's id
@@ -38,6 +41,7 @@ benchmarks/RESULTS.md, "People engine".
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -52,6 +56,12 @@ from . import people_knn as pk
 logger = logging.getLogger(__name__)
 
 TEMPLATE_KINDS = ("mean", "centroids")
+#: People above which ``people update`` matches a new face only against the templates of the
+#: people its nearest collection faces belong to (:func:`match_through_neighbours`), when it
+#: keeps a k-NN index; below, against every template (exact). Exact matching costs new faces x
+#: people: 27.7 s for 10k new faces against 173k people on 2 cores, 9.6 s through the
+#: neighbours with the same answer for 99.0% of them (bench_people.py scale, 1M faces).
+CANDIDATE_PEOPLE_ABOVE = 20_000
 #: Faces above which the k-NN graph goes through HNSW. Lower than the gallery's switch
 #: (``faiss_index.DEFAULT_AUTO_THRESHOLD``, which is about one query's latency): the graph asks
 #: every face, so exact search costs N^2; on all of LFW (13,233 faces) HNSW gave the very same
@@ -76,8 +86,9 @@ class PeopleOptions:
             Also the largest average linkage at which a new group joins an existing person.
         merge_candidates: the longest k-NN edge that makes two groups merge candidates.
         min_faces: smallest new person.
-        seed_quality: a new person needs at least one face of this quality (a group of only
-            middling faces, typically background strangers, stays unassigned).
+        seed_quality: a new person needs at least ``seed_faces`` faces of this quality (a
+            group of only middling faces, typically background strangers, stays unassigned).
+        seed_faces: how many faces of ``seed_quality`` a new person needs.
         neighbors: k of the k-NN graph.
         template: ``"mean"`` (one quality-weighted mean per person) or ``"centroids"``
             (up to ``max_centroids`` k-means centroids for people with varied photos).
@@ -97,7 +108,8 @@ class PeopleOptions:
     merge_distance: float | None = 0.9
     merge_candidates: float = 1.4
     min_faces: int = 2
-    seed_quality: float = 0.3
+    seed_quality: float = 0.4
+    seed_faces: int = 1
     neighbors: int = 16
     template: str = "mean"
     max_centroids: int = 3
@@ -118,12 +130,19 @@ class PeopleOptions:
             raise ConfigError(f"merge_distance must be in (0, 4] or None, got {self.merge_distance}")
         if self.min_faces < 1:
             raise ConfigError(f"min_faces must be >= 1, got {self.min_faces}")
+        if not 1 <= self.seed_faces <= self.min_faces:
+            raise ConfigError(f"seed_faces must be in 1..min_faces ({self.min_faces}), "
+                              f"got {self.seed_faces}")
         if self.neighbors < 1:
             raise ConfigError(f"neighbors must be >= 1, got {self.neighbors}")
         if self.template not in TEMPLATE_KINDS:
             raise ConfigError(f"template must be one of {TEMPLATE_KINDS}, got {self.template!r}")
         if self.max_centroids < 1:
             raise ConfigError(f"max_centroids must be >= 1, got {self.max_centroids}")
+
+    def can_seed(self, quality: np.ndarray) -> bool:
+        """Whether a new group whose faces have these qualities may become a new person."""
+        return int(np.count_nonzero(quality >= self.seed_quality)) >= self.seed_faces
 
     def ray_for(self, queries: int) -> bool | None:
         """Whether ``queries`` k-NN queries go to Ray: never under
@@ -179,8 +198,19 @@ def _has_person(person: np.ndarray) -> np.ndarray:
     return np.fromiter((v is not None for v in person), bool, len(person))
 
 
-def _codes(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids (P,) object sorted, code (N,) int64 with -1 for None)``."""
+def _groups(labels: np.ndarray, n_groups: int):
+    """``(c, positions)`` for each label ``c`` in ``0..n_groups-1``: the positions of ``labels``
+    equal to ``c``, ascending (one sort, not a scan of ``labels`` per group: at 1M faces the
+    scans took 85 s, the sort takes seconds)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_groups + 1))
+    for c in range(n_groups):
+        yield c, order[bounds[c]:bounds[c + 1]]
+
+
+def person_codes(person: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids (P,) object sorted, code (N,) int64)``: each face's index into ``ids``, -1 for
+    None (the same ``ids`` as :func:`person_templates`)."""
     has = _has_person(person)
     code = np.full(len(person), -1, np.int64)
     if not has.any():
@@ -237,7 +267,7 @@ def person_templates(embeddings: np.ndarray, quality: np.ndarray, person: np.nda
         ``owner (T,) int64``: the index into ``person_ids`` of each template.
     """
     x, q, p, _ = _check_inputs(embeddings, quality, person, None)
-    ids, code = _codes(p)
+    ids, code = person_codes(p)
     good = (code >= 0) & (q >= options.min_quality)
     w = np.maximum(q[good], 1e-3).astype(np.float32)
     counts = np.bincount(code[good], minlength=len(ids))
@@ -295,7 +325,7 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
     """Name each probe with the person of its nearest template within ``max_distance``.
 
     The nearest template whose person is not in the probe's ``rejected`` set is the answer
-    (searching the ``candidates`` nearest templates; exact FAISS search). Probes with
+    (searching the ``candidates`` nearest templates; exact search). Probes with
     ``quality < min_quality`` are answered None with the reason ``low_quality``.
 
     Args:
@@ -307,18 +337,30 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
     """
     q = fx.as_unit_rows(queries) if len(queries) else np.zeros((0, templates.shape[1] if
                                                                templates.ndim == 2 else 1), np.float32)
-    m = len(q)
-    person = np.full(m, None, object)
-    distance = np.full(m, np.inf, np.float32)
-    reason = np.full(m, "no_templates" if len(templates) == 0 else "too_far", object)
-    low = np.zeros(m, bool) if quality is None else np.asarray(quality, np.float32) < min_quality
-    if m == 0 or len(templates) == 0:
-        reason[low] = "low_quality"
-        return TemplateMatches(person, distance, reason)
+    if len(q) == 0 or len(templates) == 0:
+        return _decide(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64),
+                       person_ids, owner, max_distance, quality, min_quality, rejected,
+                       no_templates=len(templates) == 0)
     k = int(min(len(templates), max(1, candidates)))
     scores, hits = pk.exact_top_k(q, templates, k)
-    d = fx.to_squared_l2(scores)
-    d[hits < 0] = np.inf
+    return _decide(fx.to_squared_l2(scores), hits, person_ids, owner, max_distance, quality,
+                   min_quality, rejected)
+
+
+def _decide(d: np.ndarray, hits: np.ndarray, person_ids: np.ndarray, owner: np.ndarray,
+            max_distance: float, quality: np.ndarray | None, min_quality: float,
+            rejected: list[frozenset[str]] | None, no_templates: bool = False) -> TemplateMatches:
+    """The decision from each probe's candidate templates ``hits (M, C)`` (-1 pads) at squared
+    L2 ``d (M, C)``, ascending along each row: the first allowed one, if within the distance."""
+    m = len(d)
+    person = np.full(m, None, object)
+    distance = np.full(m, np.inf, np.float32)
+    reason = np.full(m, "no_templates" if no_templates else "too_far", object)
+    low = np.zeros(m, bool) if quality is None else np.asarray(quality, np.float32) < min_quality
+    if m == 0 or d.shape[1] == 0:
+        reason[low] = "low_quality"
+        return TemplateMatches(person, distance, reason)
+    d = np.where(hits < 0, np.inf, d)
     who = np.where(hits >= 0, owner[np.clip(hits, 0, None)], -1)
     allowed = hits >= 0
     if rejected is not None:
@@ -335,6 +377,53 @@ def identify_against_templates(queries: np.ndarray, person_ids: np.ndarray,
     reason[ok] = "match"
     reason[low] = "low_quality"
     return TemplateMatches(person, distance, reason)
+
+
+def match_through_neighbours(x: np.ndarray, rows: np.ndarray, neighbors: np.ndarray,
+                             code: np.ndarray, person_ids: np.ndarray, templates: np.ndarray,
+                             owner: np.ndarray, max_distance: float, *,
+                             rejected: list[frozenset[str]] | None = None) -> TemplateMatches:
+    """:func:`identify_against_templates` for collection faces, comparing each face only with
+    the templates of the people its k nearest collection faces belong to.
+
+    Exact matching costs faces x people (10k new faces against 173k people: 27.7 s on 2
+    cores); this costs faces x k, so an incremental update stays in proportion to its new
+    faces. A
+    face whose nearest template's person owns none of its k nearest faces is missed (answered
+    ``too_far``): ``bench_people.py scale`` measures how often against exact matching.
+
+    Args:
+        x: ``(N, D)`` the collection's unit rows; ``rows (M,)`` the faces to match.
+        neighbors: ``(M, k)`` their nearest collection rows (-1 pads), e.g. from the kept
+            k-NN index.
+        code: ``(N,) int64`` person code per row (index into ``person_ids``; -1 none).
+    """
+    m, k = neighbors.shape
+    cand = np.where(neighbors >= 0, code[np.clip(neighbors, 0, None)], -1)
+    # templates of each candidate person (one with "mean", up to max_centroids otherwise)
+    t_order = np.argsort(owner, kind="stable")
+    t_start = np.searchsorted(owner[t_order], np.arange(len(person_ids) + 1))
+    per = int(np.max(np.diff(t_start), initial=0))
+    hits = np.full((m, k * max(per, 1)), -1, np.int64)
+    for j in range(max(per, 1)):
+        has = cand >= 0
+        start = np.where(has, t_start[np.clip(cand, 0, None)], 0)
+        count = np.where(has, t_start[np.clip(cand, 0, None) + 1] - start, 0)
+        ok = has & (count > j)
+        hits[:, j * k:(j + 1) * k] = np.where(ok, t_order[np.clip(start + j, 0, len(t_order) - 1)],
+                                              -1)
+    # the same person (template) from several neighbours: keep it once
+    hits = np.sort(hits, axis=1)
+    hits[:, 1:][hits[:, 1:] == hits[:, :-1]] = -1
+    d = np.full(hits.shape, np.inf, np.float32)
+    pr, pc = np.nonzero(hits >= 0)
+    for s in range(0, len(pr), PAIR_BLOCK):
+        r, c = pr[s:s + PAIR_BLOCK], pc[s:s + PAIR_BLOCK]
+        d[r, c] = 2.0 - 2.0 * np.einsum("ij,ij->i", x[rows[r]], templates[hits[r, c]])
+    order = np.argsort(d, axis=1, kind="stable")
+    d, hits = np.take_along_axis(d, order, 1), np.take_along_axis(hits, order, 1)
+    hits[~np.isfinite(d)] = -1
+    return _decide(d, hits, person_ids, owner, max_distance, None, 0.0, rejected)
 
 
 # =============================================================================================
@@ -364,14 +453,19 @@ def knn_graph(embeddings: np.ndarray, options: PeopleOptions, *,
     n = len(embeddings)
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     k = options.neighbors
+    t = time.perf_counter()
     if knn is not None:
         nb, d = pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
-        return _local_graph(nb, d, rows, n)
-    local = pk.KnnIndex.empty(embeddings.shape[1], options.use_approximate(len(rows)))
-    for s in range(0, len(rows), fx.ADD_BATCH):
-        local.add(embeddings[rows[s:s + fx.ADD_BATCH]])
-    nb, d = pk.search_rows(local, None, k, use_ray=options.ray_for(len(rows)))
-    return cl.KnnGraph(nb, d)
+        graph = _local_graph(nb, d, rows, n)
+    else:
+        local = pk.KnnIndex.empty(embeddings.shape[1], options.use_approximate(len(rows)))
+        for s in range(0, len(rows), fx.ADD_BATCH):
+            local.add(embeddings[rows[s:s + fx.ADD_BATCH]])
+        nb, d = pk.search_rows(local, None, k, use_ray=options.ray_for(len(rows)))
+        graph = cl.KnnGraph(nb, d)
+    logger.info("k-NN graph: %d faces x %d neighbours in %.1f s", len(rows), k,
+                time.perf_counter() - t)
+    return graph
 
 
 def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOptions,
@@ -395,14 +489,23 @@ def cluster_graph(graph: cl.KnnGraph, embeddings: np.ndarray, options: PeopleOpt
     constrained = cannot_link is not None and np.any(cannot_link >= 0)
     if constrained:
         graph = _drop_cannot_links(graph, cannot_link)
+    t = time.perf_counter()
     labels = cl.CLUSTERERS["chinese-whispers"](graph, options.cluster_distance, options.min_faces,
                                                options.seed)
     if constrained:
         labels = _split_conflicts(labels, cannot_link, embeddings, rows)
+    if logger.isEnabledFor(logging.INFO):
+        _, sizes = np.unique(labels[labels >= 0], return_counts=True)
+        logger.info("clustering stage 1: %d groups of >= %d faces among %d faces in %.1f s",
+                    int(np.count_nonzero(sizes >= options.min_faces)), options.min_faces,
+                    len(graph), time.perf_counter() - t)
     if options.merge_distance is not None:
+        t = time.perf_counter()
         labels = merge_groups(embeddings, labels, graph, options.merge_distance,
                               options.merge_candidates, weights=weights,
                               cannot_link=cannot_link if constrained else None, rows=rows)
+        logger.info("clustering stage 2: %d groups (singletons included) in %.1f s",
+                    int(labels.max(initial=-1)) + 1, time.perf_counter() - t)
     return cl.finalize_labels(labels, options.min_faces)
 
 
@@ -613,7 +716,20 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
         return out
     ids, templates, owner = person_templates(x, q, p, options)
     joined = np.zeros(len(pending), bool)
-    if len(templates):
+    known = None  # the pending faces' neighbours, when matching already asked the k-NN index
+    if len(templates) and knn is not None and len(ids) > CANDIDATE_PEOPLE_ABOVE:
+        t = time.perf_counter()
+        nb, d = pk.search_rows(knn, pending, options.neighbors,
+                               use_ray=options.ray_for(len(pending)))
+        known = (nb, d)
+        match = match_through_neighbours(x, pending, nb, person_codes(p)[1], ids, templates, owner,
+                                         options.assign_distance,
+                                         rejected=_rejected_list(pending, rejected))
+        joined = match.person != None  # noqa: E711 - elementwise
+        out[pending[joined]] = match.person[joined]
+        logger.info("people update: %d new faces matched against the %d people of their "
+                    "nearest faces in %.1f s", len(pending), len(ids), time.perf_counter() - t)
+    elif len(templates):
         for s in range(0, len(pending), fx.ADD_BATCH):
             part = pending[s:s + fx.ADD_BATCH]
             match = identify_against_templates(x[part], ids, templates, owner,
@@ -629,14 +745,16 @@ def _incremental(x, q, p, rejected, options, new_person_id, new=None, knn=None) 
                 len(rest), len(older))
     if len(rest) == 0:
         return out
-    nodes, graph = _pool_graph(x, rest, older, options, knn)
+    nodes, graph = _pool_graph(x, rest, older, options, knn,
+                               known=None if known is None else (known[0][~joined],
+                                                                 known[1][~joined]))
     labels = cluster_graph(graph, x, options, weights=q[nodes], rows=nodes)
     n_groups = int(labels.max(initial=-1)) + 1
     joins = _join_people(x, q, out, nodes, labels, n_groups, options)
-    for c in range(n_groups):
-        members = nodes[labels == c]
+    for c, positions in _groups(labels, n_groups):
+        members = nodes[positions]
         if joins[c] is None:
-            if q[members].max(initial=0.0) >= options.seed_quality:
+            if options.can_seed(q[members]):
                 out[members] = new_person_id()
             continue
         pid = joins[c]
@@ -653,7 +771,7 @@ def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.nda
     joins: list[str | None] = [None] * n_groups
     if n_groups == 0 or options.merge_distance is None:
         return joins
-    ids, code = _codes(person)
+    ids, code = person_codes(person)
     good = (code >= 0) & (q >= options.min_quality)
     if not good.any():
         return joins
@@ -670,11 +788,13 @@ def _join_people(x: np.ndarray, q: np.ndarray, person: np.ndarray, nodes: np.nda
 
 
 def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: PeopleOptions,
-                knn: pk.KnnIndex | None) -> tuple[np.ndarray, cl.KnnGraph]:
+                knn: pk.KnnIndex | None, known: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, cl.KnnGraph]:
     """The graph to cluster new unmatched faces ``rest`` on: ``rest`` plus the older unassigned
-    faces among their neighbours (queried too), as ``(node rows, graph over them)``."""
+    faces among their neighbours (queried too), as ``(node rows, graph over them)``.
+    ``known``: the neighbours of ``rest`` in ``knn`` when they were already asked."""
     n = len(x)
-    if len(older) == 0:
+    if known is None and len(older) == 0:
         return rest, knn_graph(x, options, knn=knn, rows=rest)
     k = options.neighbors
     if knn is None:
@@ -690,7 +810,7 @@ def _pool_graph(x: np.ndarray, rest: np.ndarray, older: np.ndarray, options: Peo
         def query(rows):
             return pk.search_rows(knn, rows, k, use_ray=options.ray_for(len(rows)))
 
-    nb, d = query(rest)
+    nb, d = known if known is not None else query(rest)
     in_older = np.zeros(n, bool)
     in_older[older] = True
     touched = np.unique(nb[(nb >= 0) & in_older[np.clip(nb, 0, None)]])
@@ -732,7 +852,7 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     out = np.full(len(p), None, object)
     out[pin] = p[pin]
     good = np.flatnonzero(q >= options.min_quality)
-    old_ids, old_code = _codes(p)
+    old_ids, old_code = person_codes(p)
     pin_code = np.where(pin, old_code, -1)
     graph = knn_graph(x, options, knn=knn, rows=good)
     labels = cluster_graph(graph, x, options, cannot_link=pin_code[good], weights=q[good],
@@ -741,9 +861,8 @@ def _recluster(x, q, p, pin, rejected, options, new_person_id, knn=None) -> np.n
     cluster_of = np.full(len(p), -1, np.int64)
     cluster_of[good] = labels
     taken = _inherit_ids(cluster_of, old_code, pin)
-    for c in range(n_clusters):
-        members = np.flatnonzero(cluster_of == c)
-        if c not in taken and q[members].max(initial=0.0) < options.seed_quality:
+    for c, members in _groups(cluster_of, n_clusters):
+        if c not in taken and not options.can_seed(q[members]):
             continue
         pid = str(old_ids[taken[c]]) if c in taken else new_person_id()
         members = members[~pin[members]]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,11 @@ class KnnIndex:
                               f"{n}: it belongs to another collection (or rows were removed); "
                               f"build a new one")
         if n > len(self):
+            t = time.perf_counter()
+            added = n - len(self)
             self.add(embeddings[len(self):])
+            logger.info("k-NN index: %d rows added (%s, now %d) in %.1f s", added, self.kind, n,
+                        time.perf_counter() - t)
 
     def reconstruct(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start..stop-1`` as ``(M, D) float32``."""
