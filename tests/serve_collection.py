@@ -3,14 +3,48 @@ faces and photos without running ``index build`` (the rows are what a build woul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_serve(index_dir: Path, *, name: str, env: dict[str, str],
+                  **app_options: Any) -> Iterator[str]:
+    """A fresh local Ray (4 CPUs) with the Serve app over ``index_dir`` on a free port; yields
+    its base URL and shuts Serve and Ray down after. ``env``: the ingress' environment (API
+    keys); ``app_options``: :func:`facenet_platform.serve.app.app_args` options."""
+    import ray
+    from ray import serve
+
+    from facenet_platform.serve.app import app_args, build_app
+
+    port = free_port()
+    if ray.is_initialized():
+        ray.shutdown()
+    # Workers inherit this process' environment (FACENET_PLATFORM_CACHE: converted weights).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = app_args(str(index_dir), ingress={"env": env}, **app_options)
+        serve.run(build_app(args), name=name, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 _DEFAULT_KEY: Any = object()

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,7 +32,7 @@ from facenet_platform.core.weights import PRETRAINED
 from facenet_platform.index.people_engine import PeopleOptions
 
 from bad_inputs import DECODABLE, UNREADABLE, write_bad_inputs
-from serve_collection import ServiceClient
+from serve_collection import ServiceClient, jpeg as jpeg_bytes, running_serve
 from conftest import lfw_available, lfw_dir
 
 #: identify's threshold: the people's assign distance (people update decides with it too)
@@ -53,12 +52,6 @@ ENROLLED = ["Colin_Powell", "Gloria_Macapagal_Arroyo", "Serena_Williams"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Service(ServiceClient):
     index_dir: Path
@@ -69,9 +62,6 @@ class Service(ServiceClient):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, weights_cache):
-    from ray import serve
-
-    from facenet_platform.serve.app import app_args, build_app
     from facenet_platform.serve.auth import ADMIN_KEY_ENV, READ_KEY_ENV
 
     from serve_collection import write_collection
@@ -84,32 +74,12 @@ def service(tmp_path_factory, weights_cache):
 
     astronaut_file.write_bytes(jpeg_bytes(skdata.astronaut()))
     face_ids = write_collection(index_dir, [(astronaut_file, [(180, 60, 290, 200)])])
-    port = free_port()
-    if ray.is_initialized():
-        ray.shutdown()
-    # Workers inherit this process' environment (FACENET_PLATFORM_CACHE: converted weights).
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = app_args(str(index_dir), max_batch_size=4, max_body_bytes=MAX_BODY,
-                        max_pixels=MAX_PIXELS,
-                        ingress={"env": {READ_KEY_ENV: READ_KEY, ADMIN_KEY_ENV: ADMIN_KEY}},
-                        searcher={"num_replicas": 2})
-        serve.run(build_app(args), name="facenet-test", route_prefix="/")
-        with requests.Session() as session:
-            yield Service(f"http://127.0.0.1:{port}", session, index_dir=index_dir,
-                          face_ids=sorted(face_ids), photos_dir=root / "photos")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-def jpeg_bytes(image: np.ndarray, quality: int = 92) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    with running_serve(index_dir, name="facenet-test",
+                       env={READ_KEY_ENV: READ_KEY, ADMIN_KEY_ENV: ADMIN_KEY}, max_batch_size=4,
+                       max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS,
+                       searcher={"num_replicas": 2}) as url, requests.Session() as session:
+        yield Service(url, session, index_dir=index_dir, face_ids=sorted(face_ids),
+                      photos_dir=root / "photos")
 
 
 def lfw_photo(name: str, number: int) -> Path:
@@ -258,15 +228,15 @@ def test_thumbnails_are_cached_jpegs_without_paths(service):
 def test_thumbnail_errors(service):
     fid = service.face_ids[0]
     cases = [
-        (f"/v1/faces/0000000000000000-0/thumbnail", 404, "unknown_face"),
-        (f"/v1/photos/0000000000000000/thumbnail", 404, "unknown_photo"),
-        (f"/v1/photos/0000000000000000", 404, "unknown_photo"),
-        (f"/v1/faces/not-a-face/thumbnail", 400, "invalid_id"),
+        ("/v1/faces/0000000000000000-0/thumbnail", 404, "unknown_face"),
+        ("/v1/photos/0000000000000000/thumbnail", 404, "unknown_photo"),
+        ("/v1/photos/0000000000000000", 404, "unknown_photo"),
+        ("/v1/faces/not-a-face/thumbnail", 400, "invalid_id"),
         (f"/v1/faces/{fid}..%5C..%5Cx/thumbnail", 400, "invalid_id"),
-        (f"/v1/faces/..%2F..%2Fetc%2Fpasswd/thumbnail", 404, "not_found"),
+        ("/v1/faces/..%2F..%2Fetc%2Fpasswd/thumbnail", 404, "not_found"),
         (f"/v1/photos/{fid[:15]}%00/thumbnail", 400, "invalid_id"),
-        (f"/v1/photos/..%2Fmanifest.json", 404, "not_found"),
-        (f"/v1/photos/%2E%2E/thumbnail", 400, "invalid_id"),
+        ("/v1/photos/..%2Fmanifest.json", 404, "not_found"),
+        ("/v1/photos/%2E%2E/thumbnail", 400, "invalid_id"),
         (f"/v1/faces/{fid}/thumbnail?size=5000", 400, "invalid_parameter"),
         (f"/v1/faces/{fid}/thumbnail?size=abc", 400, "invalid_parameter"),
         (f"/v1/photos/{fid[:16]}/thumbnail?size=0", 400, "invalid_parameter"),

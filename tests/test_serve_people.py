@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import lfw_available, lfw_dir
-from serve_collection import ServiceClient
+from serve_collection import ServiceClient, jpeg as jpeg_bytes, running_serve
 
 ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
@@ -38,24 +38,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def lfw_photo(name: str, number: int) -> Path:
     return lfw_dir() / "lfw-deepfunneled" / name / f"{name}_{number:04d}.jpg"
-
-
-def jpeg_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=92)
-    return buf.getvalue()
 
 
 @dataclass
@@ -99,10 +83,7 @@ class Service(ServiceClient):
 def service(tmp_path_factory, weights_cache):
     if not lfw_available():
         pytest.skip(f"LFW not found at {lfw_dir()} (set LFW_DIR to run the people Serve tests)")
-    from ray import serve
-
     from facenet_platform.index.people import update_people
-    from facenet_platform.serve.app import app_args, build_app
     from facenet_platform.serve.auth import ADMIN_KEY_ENV, READ_KEY_ENV
 
     from serve_collection import write_collection
@@ -111,59 +92,48 @@ def service(tmp_path_factory, weights_cache):
     index_dir = root / "index"
     photos_dir = root / "photos"
     photos_dir.mkdir()
-    port = free_port()
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = app_args(str(index_dir), max_batch_size=4, max_body_bytes=MAX_BODY,
-                        ingress={"env": {READ_KEY_ENV: READ_KEY, ADMIN_KEY_ENV: ADMIN_KEY}},
-                        people={"num_replicas": 2}, searcher={"num_replicas": 2})
-        serve.run(build_app(args), name="facenet-people-test", route_prefix="/")
-        with requests.Session() as session:
-            svc = Service(f"http://127.0.0.1:{port}", session, index_dir=index_dir,
-                          photos_dir=photos_dir)
-            photos = [(lfw_photo(n, i), n) for n, k in PEOPLE.items() for i in range(1, k + 1)]
-            from PIL import Image
+    with running_serve(index_dir, name="facenet-people-test",
+                       env={READ_KEY_ENV: READ_KEY, ADMIN_KEY_ENV: ADMIN_KEY}, max_batch_size=4,
+                       max_body_bytes=MAX_BODY, people={"num_replicas": 2},
+                       searcher={"num_replicas": 2}) as url, requests.Session() as session:
+        svc = Service(url, session, index_dir=index_dir, photos_dir=photos_dir)
+        photos = [(lfw_photo(n, i), n) for n, k in PEOPLE.items() for i in range(1, k + 1)]
+        from PIL import Image
 
-            for k in (1, 2):  # Colin Powell and Serena Williams together
-                pair = np.concatenate([np.asarray(Image.open(lfw_photo("Colin_Powell", 6 + k))),
-                                       np.asarray(Image.open(lfw_photo("Serena_Williams",
-                                                                       6 + k)))], axis=1)
-                path = photos_dir / f"together_{k}.jpg"
-                path.write_bytes(jpeg_bytes(pair))
-                photos.append((path, None))
-            rows = []
-            for path, identity in photos:
-                body = svc.ok("POST", "/v1/embed", files={"file": (path.name, path.read_bytes())})
-                faces = sorted(body["faces"], key=lambda f: -f["score"])
-                rows.append((path, faces))
-                if identity is None:  # Colin Powell left, Serena Williams right
-                    width = body["image"]["width"]
-                    for i, f in enumerate(faces):
-                        left = (f["box"][0] + f["box"][2]) / 2 < width / 2
-                        svc.faces.setdefault("Colin_Powell" if left else "Serena_Williams",
-                                             []).append(_face_id(path, i))
-                else:
-                    assert faces, path
-                    main = max(range(len(faces)), key=lambda i: (
-                        (faces[i]["box"][2] - faces[i]["box"][0])
-                        * (faces[i]["box"][3] - faces[i]["box"][1])))
-                    svc.faces.setdefault(identity, []).append(
-                        _face_id(path, main))
-            write_collection(index_dir, rows)
-            update_people(index_dir)
-            # The tests need one person per identity whatever the clustering made of 26
-            # photos: a user's first moves (each identity's faces to a person of their own).
-            from facenet_platform.index.people import move_faces
+        for k in (1, 2):  # Colin Powell and Serena Williams together
+            pair = np.concatenate([np.asarray(Image.open(lfw_photo("Colin_Powell", 6 + k))),
+                                   np.asarray(Image.open(lfw_photo("Serena_Williams",
+                                                                   6 + k)))], axis=1)
+            path = photos_dir / f"together_{k}.jpg"
+            path.write_bytes(jpeg_bytes(pair))
+            photos.append((path, None))
+        rows = []
+        for path, identity in photos:
+            body = svc.ok("POST", "/v1/embed", files={"file": (path.name, path.read_bytes())})
+            faces = sorted(body["faces"], key=lambda f: -f["score"])
+            rows.append((path, faces))
+            if identity is None:  # Colin Powell left, Serena Williams right
+                width = body["image"]["width"]
+                for i, f in enumerate(faces):
+                    left = (f["box"][0] + f["box"][2]) / 2 < width / 2
+                    svc.faces.setdefault("Colin_Powell" if left else "Serena_Williams",
+                                         []).append(_face_id(path, i))
+            else:
+                assert faces, path
+                main = max(range(len(faces)), key=lambda i: (
+                    (faces[i]["box"][2] - faces[i]["box"][0])
+                    * (faces[i]["box"][3] - faces[i]["box"][1])))
+                svc.faces.setdefault(identity, []).append(
+                    _face_id(path, main))
+        write_collection(index_dir, rows)
+        update_people(index_dir)
+        # The tests need one person per identity whatever the clustering made of 26
+        # photos: a user's first moves (each identity's faces to a person of their own).
+        from facenet_platform.index.people import move_faces
 
-            for faces in svc.faces.values():
-                move_faces(index_dir, faces, "new")
-            yield svc
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        for faces in svc.faces.values():
+            move_faces(index_dir, faces, "new")
+        yield svc
 
 
 def _face_id(path: Path, index: int) -> str:
@@ -577,7 +547,6 @@ def test_people_page_in_headless_chromium(service):
 
     gloria = service.person_of("Gloria_Macapagal_Arroyo")
     serena = service.person_of("Serena_Williams")
-    colin = service.person_of("Colin_Powell")
     # What a clustering run leaves for a person to fix: Serena split in two, and one of
     # Colin's faces among Serena's.
     split = decide(service, "/v1/faces/move",

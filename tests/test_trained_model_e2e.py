@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
+from serve_collection import free_port
 
 ray = pytest.importorskip("ray")
 requests = pytest.importorskip("requests")
@@ -97,12 +97,6 @@ def last_json(out: str):
     lines = out.splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith(("{", "[")))
     return json.loads("\n".join(lines[start:]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_spec_of_the_export(exported):
