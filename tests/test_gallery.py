@@ -649,3 +649,17 @@ def test_bulk_searcher_uses_the_identification_threshold(tmp_path, people):
     assert list(out["is_match"]) == [True, False]
     lenient = GallerySearcher(str(tmp_path / "idx"), top_k=1, threshold=PRETRAINED.threshold)
     assert list(lenient(batch)["is_match"]) == [True, True]
+
+
+def test_check_same_model_names_both_models_and_sizes():
+    from facenet_platform.index.gallery import GalleryError, check_same_model
+
+    check_same_model(PRETRAINED, "none", PRETRAINED.model_id, PRETRAINED.embedding_size,
+                     "the gallery of x holds", "enroll again")
+    with pytest.raises(GalleryError, match=r"holds 1024-d embeddings of model .*produces "
+                                           r"512-d embeddings.*; enroll again"):
+        check_same_model(PRETRAINED, "none", PRETRAINED.model_id, 1024,
+                         "the gallery of x holds", "enroll again")
+    check_same_model(PRETRAINED, "concat", PRETRAINED.model_id, 1024, "x holds", "r")
+    with pytest.raises(GalleryError, match="other-model"):
+        check_same_model(PRETRAINED, "none", "other-model", 512, "x holds", "r")

@@ -398,12 +398,9 @@ class Gallery:
         and flip mode embeds like the gallery's faces were embedded: same model id and
         embedding size, and the same crop, standardization and flip where the gallery recorded
         them (a gallery enrolled with another standardization gives meaningless distances)."""
-        size = spec.embedding_size * (2 if flip == "concat" else 1)
-        if spec.model_id != self.model_id or size != self.embedding_size:
-            raise GalleryError(
-                f"the gallery of {self.layout.root} holds {self.embedding_size}-d embeddings of "
-                f"model {self.model_id!r}, but the pipeline produces {size}-d embeddings of "
-                f"{spec.model_id!r}; use the same model or enroll again")
+        check_same_model(spec, flip, self.model_id, self.embedding_size,
+                         f"the gallery of {self.layout.root} holds",
+                         "use the same model or enroll again")
         recorded: dict[str, Any] = {}
         if self.spec is not None:
             recorded = self.spec.embedding_space()
@@ -795,6 +792,17 @@ def _section_spec(section: dict[str, Any], layout: IndexLayout) -> ModelSpec | N
     if not section.get("model"):
         return None
     return ModelSpec.from_metadata(section["model"], where=f"{layout.manifest} gallery.model")
+
+
+def check_same_model(spec: ModelSpec, flip: str, model_id: str, embedding_size: int,
+                     holder: str, remedy: str) -> None:
+    """Raise :class:`GalleryError` unless ``spec`` with ``flip`` produces the stored
+    ``embedding_size``-d embeddings of ``model_id`` (``holder``: "the gallery of X holds")."""
+    size = spec.embedding_size * (2 if flip == "concat" else 1)
+    if spec.model_id != model_id or size != embedding_size:
+        raise GalleryError(
+            f"{holder} {embedding_size}-d embeddings of model {model_id!r}, but the pipeline "
+            f"produces {size}-d embeddings of {spec.model_id!r}; {remedy}")
 
 
 def check_threshold(value, what: str = "threshold") -> float:

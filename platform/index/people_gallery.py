@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import faiss_index as fx
-from .gallery import Gallery, GalleryError, Match
+from .gallery import Gallery, GalleryError, Match, check_same_model
 from .layout import IndexLayout, read_manifest
 from .people_store import PeopleState, PeopleStore
 
@@ -153,12 +153,8 @@ class PeopleGallery:
         standardization) and the enrolled gallery's."""
         from facenet_platform.core.model_spec import ModelSpec
 
-        size = spec.embedding_size * (2 if flip == "concat" else 1)
-        if spec.model_id != self.model_id or size != self.embedding_size:
-            raise GalleryError(
-                f"the people of {self.layout.root} hold {self.embedding_size}-d embeddings of "
-                f"model {self.model_id!r}, but the pipeline produces {size}-d embeddings of "
-                f"{spec.model_id!r}; use the same model")
+        check_same_model(spec, flip, self.model_id, self.embedding_size,
+                         f"the people of {self.layout.root} hold", "use the same model")
         if self._collection_spec:
             recorded = ModelSpec.from_metadata(self._collection_spec, "the collection's model")
             differ = spec.differences(recorded.embedding_space())
